@@ -1,0 +1,344 @@
+//! Configuration: [`AsyncOps`], built with [`AsyncOpsBuilder`] or from the
+//! environment.
+//!
+//! | variable | builder method | default | meaning |
+//! |---|---|---|---|
+//! | `ASYNC_OP_SECRET` | [`secret`](AsyncOpsBuilder::secret) | none: required | HS256 signing secret, at least 32 bytes |
+//! | `ASYNC_OP_PREVIOUS_SECRETS` | [`previous_secret`](AsyncOpsBuilder::previous_secret) | none | comma-separated older secrets, still accepted for verification |
+//! | `ASYNC_OP_RETRY_AFTER` | [`retry_after`](AsyncOpsBuilder::retry_after) | `2` | seconds a client waits between polls |
+//! | `ASYNC_OP_TTL` | [`retention`](AsyncOpsBuilder::retention) | `1h` | how long results (and states) are kept |
+//! | `ASYNC_OP_POLL_PATH` | [`poll_path`](AsyncOpsBuilder::poll_path) | `/async-response` | the one poll path of the app |
+//! | `ASYNC_OP_AUDIENCE` | [`audience`](AsyncOpsBuilder::audience) | `async-op` | the states' `aud` |
+//!
+//! Durations in the environment are whole seconds (`90`) or a number with a
+//! unit: `s`, `m`, `h` or `d` (`90s`, `15m`, `1h`, `7d`).
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    error::ConfigError,
+    state::StateCodec,
+    store::{MemoryStore, OperationStore},
+};
+
+/// The default `Retry-After` in seconds.
+pub const DEFAULT_RETRY_AFTER: u32 = 2;
+/// The default retention in seconds (one hour).
+pub const DEFAULT_RETENTION: u32 = 3600;
+/// The default poll path.
+pub const DEFAULT_POLL_PATH: &str = "/async-response";
+/// The default audience of states.
+pub const DEFAULT_AUDIENCE: &str = "async-op";
+/// The longest retention accepted (30 days).
+pub const MAX_RETENTION: u32 = 30 * 24 * 3600;
+
+/// The middleware and its configuration: keys, store, poll path and
+/// defaults. Cheap to clone (one `Arc`); clone it into every worker's `App`.
+///
+/// ```no_run
+/// use actix_web::{App, HttpServer};
+/// use async_op::AsyncOps;
+///
+/// #[actix_web::main]
+/// async fn main() -> std::io::Result<()> {
+///     let ops = AsyncOps::from_env().expect("async-op configuration");
+///     HttpServer::new(move || App::new().wrap(ops.clone()))
+///         .bind(("127.0.0.1", 8080))?
+///         .run()
+///         .await
+/// }
+/// ```
+#[derive(Clone)]
+pub struct AsyncOps {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What every worker shares.
+pub(crate) struct Shared {
+    pub(crate) codec: StateCodec,
+    pub(crate) store: Arc<dyn OperationStore>,
+    pub(crate) poll_path: String,
+    pub(crate) retry_after: u32,
+    pub(crate) retention: u32,
+}
+
+impl std::fmt::Debug for AsyncOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncOps")
+            .field("poll_path", &self.shared.poll_path)
+            .field("retry_after", &self.shared.retry_after)
+            .field("retention", &self.shared.retention)
+            .field("codec", &self.shared.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncOps {
+    /// A builder with the defaults and no secret.
+    pub fn builder() -> AsyncOpsBuilder {
+        AsyncOpsBuilder::default()
+    }
+
+    /// The configuration from the environment (see the [module
+    /// docs](crate::config) for the variables).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        AsyncOpsBuilder::from_env()?.build()
+    }
+
+    /// The poll path, e.g. `/async-response`.
+    pub fn poll_path(&self) -> &str {
+        &self.shared.poll_path
+    }
+
+    /// The default `Retry-After`, in seconds.
+    pub fn retry_after(&self) -> u32 {
+        self.shared.retry_after
+    }
+
+    /// The default retention, in seconds.
+    pub fn retention(&self) -> u32 {
+        self.shared.retention
+    }
+
+    /// The state codec (for tools and tests that mint or inspect states).
+    pub fn codec(&self) -> &StateCodec {
+        &self.shared.codec
+    }
+}
+
+/// Builds an [`AsyncOps`]. Every setting has a default except the secret.
+#[derive(Clone)]
+pub struct AsyncOpsBuilder {
+    secret: Option<Vec<u8>>,
+    previous_secrets: Vec<Vec<u8>>,
+    retry_after: u32,
+    retention: u32,
+    poll_path: String,
+    audience: String,
+    store: Option<Arc<dyn OperationStore>>,
+}
+
+impl Default for AsyncOpsBuilder {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            previous_secrets: Vec::new(),
+            retry_after: DEFAULT_RETRY_AFTER,
+            retention: DEFAULT_RETENTION,
+            poll_path: DEFAULT_POLL_PATH.to_owned(),
+            audience: DEFAULT_AUDIENCE.to_owned(),
+            store: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AsyncOpsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncOpsBuilder")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("previous_secrets", &self.previous_secrets.len())
+            .field("retry_after", &self.retry_after)
+            .field("retention", &self.retention)
+            .field("poll_path", &self.poll_path)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+fn env_var(name: &'static str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(value)) => Err(ConfigError::InvalidEnv {
+            name,
+            value: value.to_string_lossy().into_owned(),
+            reason: "not UTF-8".into(),
+        }),
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `1h` or `7d` into seconds.
+pub fn parse_duration_secs(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number.parse().ok()?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    number.checked_mul(unit)
+}
+
+fn env_seconds(name: &'static str, max: u32) -> Result<Option<u32>, ConfigError> {
+    let Some(value) = env_var(name)? else {
+        return Ok(None);
+    };
+    match parse_duration_secs(&value).and_then(|s| u32::try_from(s).ok()) {
+        Some(seconds) if seconds <= max => Ok(Some(seconds)),
+        _ => Err(ConfigError::InvalidEnv {
+            name,
+            value,
+            reason: format!("expected seconds (`90`) or a duration (`15m`, `1h`), at most {max} s"),
+        }),
+    }
+}
+
+impl AsyncOpsBuilder {
+    /// A builder with the defaults overridden by the environment variables
+    /// that are set.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut builder = Self::default();
+        if let Some(secret) = env_var("ASYNC_OP_SECRET")? {
+            builder.secret = Some(secret.into_bytes());
+        }
+        if let Some(previous) = env_var("ASYNC_OP_PREVIOUS_SECRETS")? {
+            builder.previous_secrets = previous
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.as_bytes().to_vec())
+                .collect();
+        }
+        if let Some(seconds) = env_seconds("ASYNC_OP_RETRY_AFTER", 3600)? {
+            builder.retry_after = seconds;
+        }
+        if let Some(seconds) = env_seconds("ASYNC_OP_TTL", MAX_RETENTION)? {
+            builder.retention = seconds;
+        }
+        if let Some(path) = env_var("ASYNC_OP_POLL_PATH")? {
+            builder.poll_path = path;
+        }
+        if let Some(audience) = env_var("ASYNC_OP_AUDIENCE")? {
+            builder.audience = audience;
+        }
+        Ok(builder)
+    }
+
+    /// The HS256 signing secret: at least 32 bytes, shared by all instances.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(secret.as_ref().to_vec());
+        self
+    }
+
+    /// Whether a secret has been set (by the environment or [`secret`](Self::secret)).
+    pub fn has_secret(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// An older secret whose states are still accepted (key rotation).
+    pub fn previous_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.previous_secrets.push(secret.as_ref().to_vec());
+        self
+    }
+
+    /// Seconds a client is asked to wait between polls (`Retry-After`).
+    /// Whole seconds; sub-second parts are dropped.
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = u32::try_from(wait.as_secs()).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// How long results, and the states that lead to them, are kept.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = u32::try_from(retention.as_secs()).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// The poll path (default `/async-response`).
+    pub fn poll_path(mut self, path: impl Into<String>) -> Self {
+        self.poll_path = path.into();
+        self
+    }
+
+    /// The audience (`aud`) of the states.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = audience.into();
+        self
+    }
+
+    /// The operation store (default: a new [`MemoryStore`]).
+    pub fn store(mut self, store: impl OperationStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Checks the settings and builds the middleware.
+    pub fn build(self) -> Result<AsyncOps, ConfigError> {
+        let secret = self.secret.ok_or(ConfigError::MissingSecret)?;
+        if !self.poll_path.starts_with('/') || self.poll_path.contains(['?', '#']) {
+            return Err(ConfigError::InvalidSetting {
+                name: "poll_path",
+                reason: format!(
+                    "{:?} must be an absolute path without query or fragment",
+                    self.poll_path
+                ),
+            });
+        }
+        if self.retention == 0 || self.retention > MAX_RETENTION {
+            return Err(ConfigError::InvalidSetting {
+                name: "retention",
+                reason: format!("must be between 1 s and {MAX_RETENTION} s"),
+            });
+        }
+        if self.retry_after >= self.retention {
+            return Err(ConfigError::InvalidSetting {
+                name: "retry_after",
+                reason: "must be shorter than the retention".into(),
+            });
+        }
+        let codec = StateCodec::hs256(&secret, &self.previous_secrets, &self.audience)?;
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn OperationStore>);
+        Ok(AsyncOps {
+            shared: Arc::new(Shared {
+                codec,
+                store,
+                poll_path: self.poll_path,
+                retry_after: self.retry_after,
+                retention: self.retention,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("90"), Some(90));
+        assert_eq!(parse_duration_secs("15m"), Some(900));
+        assert_eq!(parse_duration_secs("1h"), Some(3600));
+        assert_eq!(parse_duration_secs("2d"), Some(172_800));
+        assert_eq!(parse_duration_secs("1x"), None);
+        assert_eq!(parse_duration_secs("h"), None);
+        assert_eq!(parse_duration_secs("-1"), None);
+    }
+
+    #[test]
+    fn missing_and_short_secrets_are_refused() {
+        assert!(matches!(
+            AsyncOps::builder().build(),
+            Err(ConfigError::MissingSecret)
+        ));
+        assert!(matches!(
+            AsyncOps::builder().secret("too short").build(),
+            Err(ConfigError::SecretTooShort { len: 9 })
+        ));
+    }
+
+    #[test]
+    fn bad_poll_paths_are_refused() {
+        let builder = AsyncOps::builder().secret([7u8; 32]);
+        assert!(builder.clone().poll_path("relative").build().is_err());
+        assert!(builder.clone().poll_path("/a?b").build().is_err());
+        assert!(builder.poll_path("/ok").build().is_ok());
+    }
+}

@@ -1,0 +1,316 @@
+//! Where operations live between begin and the final fetch.
+//!
+//! An [`OperationStore`] keeps, per operation, whether it is running and, once
+//! it has ended, its [`OperationStatus`]: the handler's whole response, a
+//! failure, or a cancellation. The middleware talks to the store only through
+//! this trait, so that one instance ([`MemoryStore`], the default) and many
+//! instances sharing one store behave the same to clients.
+//!
+//! Store methods return a [`StoreFuture`], which is either a value that is
+//! ready at once (no allocation: what the in-memory store returns on the hot
+//! poll path) or a boxed future (for stores that do I/O).
+
+mod memory;
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use actix_web::{
+    HttpResponse,
+    body::{BoxBody, MessageBody},
+    http::{
+        StatusCode,
+        header::{self, HeaderMap, HeaderName, HeaderValue},
+    },
+};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+pub use self::memory::MemoryStore;
+
+/// The identity of one operation: 128 random bits.
+///
+/// Its text form, used in the state's `op` claim and in logs, is 22 characters
+/// of unpadded base64url.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OperationId([u8; 16]);
+
+impl OperationId {
+    /// A new identity from the operating system's random source.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// The identity's raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Parses the 22-character text form.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != 22 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        match URL_SAFE_NO_PAD.decode_slice(text, &mut bytes) {
+            Ok(16) => Some(Self(bytes)),
+            _ => None,
+        }
+    }
+
+    fn encode<'o>(&self, out: &'o mut [u8; 22]) -> &'o str {
+        // 16 bytes always encode to exactly 22 unpadded base64 characters.
+        let written = URL_SAFE_NO_PAD.encode_slice(self.0, out).unwrap_or(0);
+        std::str::from_utf8(&out[..written]).unwrap_or("")
+    }
+}
+
+impl fmt::Display for OperationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.encode(&mut [0; 22]))
+    }
+}
+
+impl fmt::Debug for OperationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OperationId({self})")
+    }
+}
+
+impl Serialize for OperationId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.encode(&mut [0; 22]))
+    }
+}
+
+impl<'de> Deserialize<'de> for OperationId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl de::Visitor<'_> for IdVisitor {
+            type Value = OperationId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a 22-character base64url operation id")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OperationId, E> {
+                OperationId::parse(v).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+            }
+        }
+        deserializer.deserialize_str(IdVisitor)
+    }
+}
+
+/// What the store is told when an operation begins.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOperation {
+    /// Seconds a client is asked to wait between polls (`Retry-After`).
+    pub retry_after: u32,
+    /// Seconds a result is kept after the operation ends, and the lifetime of
+    /// every state issued for it.
+    pub retention: u32,
+}
+
+/// The handler's whole response, kept until retention ends.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    /// The status code.
+    pub status: StatusCode,
+    /// The headers, less those that describe one connection or one framing
+    /// (`connection`, `transfer-encoding`, `content-length`, ...).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Headers that belong to one message's framing or connection, not to the
+/// result; the server sets them anew when it answers a poll.
+fn is_framing_header(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONTENT_LENGTH
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name.as_str() == "keep-alive"
+}
+
+impl StoredResponse {
+    /// Collects a response's head and whole body.
+    pub async fn collect<B: MessageBody>(
+        res: HttpResponse<B>,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let (res, body) = res.into_parts();
+        let body = actix_web::body::to_bytes(body).await.map_err(Into::into)?;
+        Ok(Self::from_parts(res.status(), res.headers(), body))
+    }
+
+    /// Builds one from a status, headers and a body, dropping framing headers.
+    pub fn from_parts(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Self {
+        let headers = headers
+            .iter()
+            .filter(|(name, _)| !is_framing_header(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The response to send for a poll. Cheap: header names and values and
+    /// the body are reference-counted or static, not copied.
+    pub fn to_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::with_body(self.status, BoxBody::new(self.body.clone()));
+        let headers = res.headers_mut();
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        res
+    }
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The handler panicked.
+    Panicked,
+    /// The handler's response body could not be read to its end.
+    ResponseBody,
+    /// The instance that ran the operation went away before it ended.
+    Lost,
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Panicked => "the handler panicked",
+            Self::ResponseBody => "the handler's response body could not be read",
+            Self::Lost => "the operation was lost: the server running it went away",
+        })
+    }
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The handler returned a response (whatever its status).
+    Finished(StoredResponse),
+    /// The handler did not produce a response.
+    Failed(FailureKind),
+    /// The operation was cancelled before it ended.
+    Cancelled,
+}
+
+/// What the store knows of an operation.
+#[derive(Debug, Clone)]
+pub enum OperationStatus {
+    /// Still running; polls are answered with a new state.
+    Running(NewOperation),
+    /// Ended with the handler's response.
+    Finished(Arc<StoredResponse>),
+    /// Ended without a response.
+    Failed(FailureKind),
+    /// Cancelled.
+    Cancelled,
+}
+
+impl OperationStatus {
+    /// Whether the operation has ended (in any way).
+    pub fn is_ended(&self) -> bool {
+        !matches!(self, Self::Running(_))
+    }
+}
+
+impl From<Outcome> for OperationStatus {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Finished(res) => Self::Finished(Arc::new(res)),
+            Outcome::Failed(kind) => Self::Failed(kind),
+            Outcome::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// A store that could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store's backend did not answer or refused.
+    #[error("{0}")]
+    Unavailable(String),
+    /// An operation with this id exists already.
+    #[error("operation {0} exists already")]
+    Duplicate(OperationId),
+}
+
+/// The future a store method returns: ready at once, or boxed.
+#[must_use = "futures do nothing unless polled"]
+pub struct StoreFuture<'a, T>(StoreFutureInner<'a, T>);
+
+enum StoreFutureInner<'a, T> {
+    Ready(Option<Result<T, StoreError>>),
+    Boxed(Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>),
+}
+
+impl<'a, T> StoreFuture<'a, T> {
+    /// A future that is ready at once with `result` (no allocation).
+    pub fn ready(result: Result<T, StoreError>) -> Self {
+        Self(StoreFutureInner::Ready(Some(result)))
+    }
+
+    /// A future that runs `fut`.
+    pub fn boxed(fut: impl Future<Output = Result<T, StoreError>> + Send + 'a) -> Self {
+        Self(StoreFutureInner::Boxed(Box::pin(fut)))
+    }
+}
+
+impl<T> Unpin for StoreFuture<'_, T> {}
+
+impl<T> Future for StoreFuture<'_, T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            StoreFutureInner::Ready(value) => match value.take() {
+                Some(value) => Poll::Ready(value),
+                None => panic!("StoreFuture polled after completion"),
+            },
+            StoreFutureInner::Boxed(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Where operations are kept. Implementations must be safe to share between
+/// actix-web's worker threads.
+///
+/// The contract, which the shared store test suite checks:
+/// - [`create`](Self::create) registers a running operation;
+/// - [`finish`](Self::finish) records how it ended, once: a second call for
+///   the same operation is ignored (the first outcome stands), and it wakes
+///   every [`wait`](Self::wait) for it;
+/// - [`status`](Self::status) answers `None` for an unknown operation or one
+///   whose retention has ended;
+/// - [`wait`](Self::wait) resolves once the operation has ended (at once if it
+///   has), without polling in a loop; callers bound it with a timeout.
+pub trait OperationStore: Send + Sync + 'static {
+    /// Registers a new, running operation.
+    fn create(&self, id: OperationId, operation: NewOperation) -> StoreFuture<'_, ()>;
+
+    /// Records how an operation ended and keeps that for `retention` seconds.
+    fn finish(&self, id: OperationId, outcome: Outcome, retention: u32) -> StoreFuture<'_, ()>;
+
+    /// What is known of an operation now.
+    fn status(&self, id: OperationId) -> StoreFuture<'_, Option<OperationStatus>>;
+
+    /// Resolves with the operation's status once it has ended (`None` if it
+    /// is unknown).
+    fn wait(&self, id: OperationId) -> StoreFuture<'_, Option<OperationStatus>>;
+}

@@ -1,0 +1,6 @@
+//! The example applications' shared parts, so that the test suite can run
+//! the very same app that `cargo run --bin quickstart` serves.
+
+#![forbid(unsafe_code)]
+
+pub mod reports;
