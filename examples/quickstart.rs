@@ -11,18 +11,12 @@
 //! random secret for this run, and says so.
 
 use actix_web::{App, HttpServer, middleware::Logger};
-use async_op::AsyncOpsBuilder;
+use async_op::{AsyncOps, AsyncOpsBuilder};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tracing_subscriber::EnvFilter;
 
-#[actix_web::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-
+/// The middleware from the environment, with a random secret if none is set.
+fn configuration() -> Result<AsyncOps, async_op::ConfigError> {
     let mut builder = AsyncOpsBuilder::from_env()?;
     if !builder.has_secret() {
         let secret: [u8; 32] = rand::random();
@@ -32,17 +26,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
              (states will not survive a restart, nor work across instances)"
         );
     }
-    let ops = builder.build()?;
-    let bind = std::env::var("ASYNC_OP_BIND").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    builder.build()
+}
 
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match serve().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("quickstart: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    let ops = configuration()?;
+    let bind = std::env::var("ASYNC_OP_BIND").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let server = HttpServer::new(move || {
         App::new()
             .wrap(ops.clone())
             .wrap(Logger::default())
             .configure(async_op_examples::reports::configure)
     })
-    .bind(&bind)?;
-    tracing::info!(bind = %bind, "quickstart listening: POST /reports");
+    .bind(&bind)
+    .map_err(|error| format!("cannot listen on {bind}: {error}"))?;
+    for addr in server.addrs() {
+        println!("quickstart listening on http://{addr} (POST /reports)");
+    }
     server.run().await?;
     Ok(())
 }

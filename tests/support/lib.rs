@@ -1,1 +1,221 @@
+//! Test support: real actix-web servers on loopback, and an HTTP client that
+//! does not follow redirects, so that every protocol step can be seen.
 
+#![forbid(unsafe_code)]
+#![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
+
+use std::{net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::{App, HttpResponse, HttpServer, dev::ServerHandle, web};
+use async_op::{AsyncOps, AsyncOpsBuilder, MemoryStore, async_operation};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use reqwest::{StatusCode, header};
+use serde_json::Value;
+use tokio::sync::watch;
+
+/// The secret every test server signs with.
+pub const SECRET: &str = "test secret, thirty-two bytes or more";
+
+/// A builder with the test secret, `Retry-After: 1` and the given store.
+pub fn ops_builder(store: &MemoryStore) -> AsyncOpsBuilder {
+    AsyncOps::builder()
+        .secret(SECRET)
+        .retry_after(Duration::from_secs(1))
+        .store(store.clone())
+}
+
+/// A gate that handlers wait on, opened by the test: operations end exactly
+/// when the test says so, without sleeps.
+#[derive(Clone)]
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
+
+/// Waits for the gate, then answers 200 `done`.
+#[async_operation(post, "/gated", retry_after = 1)]
+async fn gated(gate: web::Data<Gate>) -> HttpResponse {
+    gate.wait().await;
+    HttpResponse::Ok()
+        .insert_header(("x-result", "yes"))
+        .body("done")
+}
+
+/// Panics.
+#[async_operation(post, "/panics", retry_after = 1)]
+async fn panics() -> HttpResponse {
+    panic!("the handler gave up");
+}
+
+/// Answers at once with the JSON it was given.
+#[async_operation(post, "/echo", retry_after = 1)]
+async fn echo(body: web::Json<Value>) -> web::Json<Value> {
+    body
+}
+
+/// The test endpoints, plus the quickstart example's.
+pub fn test_app(config: &mut web::ServiceConfig) {
+    config
+        .service(gated)
+        .service(panics)
+        .service(echo)
+        .configure(async_op_examples::reports::configure);
+}
+
+/// A real server on an ephemeral loopback port.
+pub struct TestServer {
+    pub base: String,
+    pub ops: AsyncOps,
+    pub store: MemoryStore,
+    pub gate: Gate,
+    handle: ServerHandle,
+}
+
+impl TestServer {
+    /// Starts the test app with the default test configuration.
+    pub async fn start() -> Self {
+        let store = MemoryStore::new();
+        Self::start_with(ops_builder(&store), store).await
+    }
+
+    /// Starts the test app with `builder` (whose store must be `store`).
+    pub async fn start_with(builder: AsyncOpsBuilder, store: MemoryStore) -> Self {
+        let ops = builder.build().expect("test configuration");
+        let gate = Gate::default();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new({
+            let ops = ops.clone();
+            let gate = gate.clone();
+            move || {
+                App::new()
+                    .wrap(ops.clone())
+                    .app_data(web::Data::new(gate.clone()))
+                    .configure(test_app)
+            }
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Self {
+            base,
+            ops,
+            store,
+            gate,
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// A client that does not follow redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The `Location` of a response.
+pub fn location(res: &reqwest::Response) -> String {
+    res.headers()
+        .get(header::LOCATION)
+        .expect("a Location header")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The `Retry-After` of a response, in seconds.
+pub fn retry_after(res: &reqwest::Response) -> u64 {
+    res.headers()
+        .get(header::RETRY_AFTER)
+        .expect("a Retry-After header")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After in whole seconds")
+}
+
+/// Asserts a problem response and returns its body.
+pub async fn problem(res: reqwest::Response, status: StatusCode, problem_type: &str) -> Value {
+    assert_eq!(res.status(), status);
+    assert_eq!(
+        res.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["type"], problem_type, "{body}");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert!(body["title"].is_string(), "{body}");
+    assert!(body["detail"].is_string(), "{body}");
+    body
+}
+
+/// The claims of a state, read without checking (tests only).
+pub fn claims(location: &str) -> Value {
+    let state = location.split_once('?').unwrap().1;
+    let payload = state.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// Begins an operation with a JSON body and returns the 303's poll URL.
+pub async fn begin(server: &TestServer, path: &str, body: &Value) -> String {
+    let res = client()
+        .post(server.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    server.url(&location(&res))
+}
+
+/// Follows a poll URL as a well-behaved client does: waits `Retry-After`
+/// before each follow, follows 303s, and returns the first other answer.
+/// Bounded: fails the test after `max_polls` polls.
+pub async fn follow(start: &str, base: &str, max_polls: usize) -> reqwest::Response {
+    let client = client();
+    let mut url = start.to_owned();
+    let mut wait = 1;
+    for _ in 0..max_polls {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let res = client.get(&url).send().await.unwrap();
+        match res.status() {
+            StatusCode::SEE_OTHER => {
+                wait = retry_after(&res);
+                url = format!("{base}{}", location(&res));
+            }
+            StatusCode::SERVICE_UNAVAILABLE if res.headers().contains_key(header::RETRY_AFTER) => {
+                wait = retry_after(&res);
+            }
+            _ => return res,
+        }
+    }
+    panic!("no answer after {max_polls} polls");
+}
