@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_op::OperationId;
+use async_op::{OperationId, state::State};
 use async_op_tests::{
     TestServer, begin, claims, client, follow, location, problem, retry_after,
 };
@@ -167,7 +167,14 @@ async fn an_unknown_operation_is_404() {
     let state = server
         .ops
         .codec()
-        .sign(OperationId::random(), 1, now, now, now + 60)
+        .sign(&State {
+            op: OperationId::random(),
+            seq: 1,
+            nbf: now,
+            iat: now,
+            exp: now + 60,
+            hold: false,
+        })
         .unwrap();
     let res = client()
         .get(server.url(&format!("/async-response?{state}")))

@@ -2,17 +2,20 @@
 //! [`#[async_operation]`](crate::async_operation) calls once the handler's
 //! extractors have succeeded.
 
-use std::{future::Future, panic::AssertUnwindSafe};
+use std::{future::Future, panic::AssertUnwindSafe, time::Duration};
 
-use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, Responder, ResponseError};
+use actix_web::{
+    HttpMessage as _, HttpRequest, HttpResponse, Responder, ResponseError,
+    http::header::{self, HeaderName, HeaderValue},
+};
 use futures_util::FutureExt as _;
 use tracing::Instrument as _;
 
 use crate::{
-    config::{AsyncOps, Shared},
+    config::{AsyncOps, EarlyPoll, MAX_HOLD, Shared},
     error::ProtocolError,
-    poll::see_other,
-    state::unix_now,
+    hold::Held,
+    poll::{ended_response, see_other},
     store::{FailureKind, NewOperation, OperationId, Outcome, StoredResponse},
 };
 
@@ -28,6 +31,10 @@ pub struct OperationSettings {
     pub retry_after: Option<u32>,
     /// Retention in seconds.
     pub retention: Option<u32>,
+    /// Long-poll hold limit in seconds (0: off).
+    pub long_poll: Option<u32>,
+    /// Early-poll policy.
+    pub early_poll: Option<EarlyPoll>,
 }
 
 impl OperationSettings {
@@ -36,6 +43,8 @@ impl OperationSettings {
         name: "",
         retry_after: None,
         retention: None,
+        long_poll: None,
+        early_poll: None,
     };
 }
 
@@ -60,7 +69,10 @@ where
     let operation = NewOperation {
         retry_after: settings.retry_after.unwrap_or(shared.retry_after),
         retention: settings.retention.unwrap_or(shared.retention),
+        long_poll: settings.long_poll.unwrap_or(shared.long_poll).min(MAX_HOLD),
+        hold_early: settings.early_poll.unwrap_or(shared.early_poll) == EarlyPoll::Hold,
     };
+    let wait = prefer_wait(&req).map(|wait| wait.min(shared.max_wait));
     let op = OperationId::random();
     let span = tracing::info_span!("async_op.operation", op = %op, handler = settings.name);
     if let Err(error) = shared.store.create(op, operation).await {
@@ -68,16 +80,55 @@ where
         return ProtocolError::from(error).error_response();
     }
     tracing::info!(parent: &span, "async-op: operation begun");
-    let answer = see_other(
-        shared,
-        op,
-        1,
-        unix_now(),
-        operation.retry_after,
-        operation.retention,
+    actix_rt::spawn(
+        run(ops.clone(), op, req, handler, operation.retention).instrument(span.clone()),
     );
-    actix_rt::spawn(run(ops.clone(), op, req, handler, operation.retention).instrument(span));
-    answer.unwrap_or_else(|error| error.error_response())
+
+    let mut answer = None;
+    if let Some(wait) = wait.filter(|wait| *wait > 0) {
+        let limit = Duration::from_secs(wait.into());
+        let held = shared.lifecycle.hold(shared.store.wait(op), limit);
+        if let Held::Done(Ok(Some(status))) = held.instrument(span).await {
+            answer = Some(ended_response(status));
+        }
+    }
+    let mut res = answer
+        .unwrap_or_else(|| see_other(shared, op, 1, &operation))
+        .unwrap_or_else(|error| error.error_response());
+    // The answer depends on `Prefer` (RFC 7240, section 2).
+    let headers = res.headers_mut();
+    headers.append(header::VARY, HeaderValue::from_static("prefer"));
+    if let Some(wait) = wait {
+        headers.insert(
+            PREFERENCE_APPLIED,
+            format!("wait={wait}")
+                .try_into()
+                .unwrap_or(HeaderValue::from_static("wait")),
+        );
+    }
+    res
+}
+
+/// The `Preference-Applied` response header (RFC 7240).
+pub(crate) const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+
+/// The `wait` preference of the request's `Prefer` headers (RFC 7240,
+/// section 4.3), in seconds. Unparseable values are ignored, as the RFC
+/// asks of preferences a server does not understand.
+fn prefer_wait(req: &HttpRequest) -> Option<u32> {
+    req.headers()
+        .get_all("prefer")
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|preference| {
+            let token = preference.split(';').next()?;
+            let (name, value) = token.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| value.trim().trim_matches('"').parse::<u32>().ok())
+                .flatten()
+        })
+        .next()
 }
 
 /// Runs the handler to its end and records the outcome.

@@ -9,6 +9,9 @@
 //! | `ASYNC_OP_TTL` | [`retention`](AsyncOpsBuilder::retention) | `1h` | how long results (and states) are kept |
 //! | `ASYNC_OP_POLL_PATH` | [`poll_path`](AsyncOpsBuilder::poll_path) | `/async-response` | the one poll path of the app |
 //! | `ASYNC_OP_AUDIENCE` | [`audience`](AsyncOpsBuilder::audience) | `async-op` | the states' `aud` |
+//! | `ASYNC_OP_LONG_POLL` | [`long_poll`](AsyncOpsBuilder::long_poll) | `20` | seconds a poll of a running operation is held (0: off; at most 30) |
+//! | `ASYNC_OP_EARLY_POLL` | [`early_poll`](AsyncOpsBuilder::early_poll) | `reject` | `reject` (503 + `Retry-After`) or `hold` (held until `nbf`) |
+//! | `ASYNC_OP_MAX_WAIT` | [`max_wait`](AsyncOpsBuilder::max_wait) | `30` | the cap on `Prefer: wait=N` at begin, in seconds (at most 30) |
 //!
 //! Durations in the environment are whole seconds (`90`) or a number with a
 //! unit: `s`, `m`, `h` or `d` (`90s`, `15m`, `1h`, `7d`).
@@ -17,6 +20,7 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     error::ConfigError,
+    hold::Lifecycle,
     state::StateCodec,
     store::{MemoryStore, OperationStore},
 };
@@ -31,6 +35,34 @@ pub const DEFAULT_POLL_PATH: &str = "/async-response";
 pub const DEFAULT_AUDIENCE: &str = "async-op";
 /// The longest retention accepted (30 days).
 pub const MAX_RETENTION: u32 = 30 * 24 * 3600;
+/// The default long-poll hold limit in seconds: well under the 30 to 60 s
+/// after which proxies and load balancers commonly cut an idle request.
+pub const DEFAULT_LONG_POLL: u32 = 20;
+/// The longest a request is ever held (RFC 6202's advice, and the seed's).
+pub const MAX_HOLD: u32 = 30;
+
+/// What a poll that comes before its state's `nbf` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EarlyPoll {
+    /// `503 Service Unavailable` with `Retry-After` (the seed's rule).
+    #[default]
+    Reject,
+    /// The request is held until `nbf`, then answered as a poll. Makes
+    /// clients that ignore `Retry-After` (browsers, `curl -L`) work.
+    Hold,
+}
+
+impl std::str::FromStr for EarlyPoll {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "reject" => Ok(Self::Reject),
+            "hold" => Ok(Self::Hold),
+            _ => Err("expected `reject` or `hold`".into()),
+        }
+    }
+}
 
 /// The middleware and its configuration: keys, store, poll path and
 /// defaults. Cheap to clone (one `Arc`); clone it into every worker's `App`.
@@ -60,6 +92,10 @@ pub(crate) struct Shared {
     pub(crate) poll_path: String,
     pub(crate) retry_after: u32,
     pub(crate) retention: u32,
+    pub(crate) long_poll: u32,
+    pub(crate) early_poll: EarlyPoll,
+    pub(crate) max_wait: u32,
+    pub(crate) lifecycle: Lifecycle,
 }
 
 impl std::fmt::Debug for AsyncOps {
@@ -100,6 +136,36 @@ impl AsyncOps {
         self.shared.retention
     }
 
+    /// The default long-poll hold limit, in seconds (0: off).
+    pub fn long_poll(&self) -> u32 {
+        self.shared.long_poll
+    }
+
+    /// The default early-poll policy.
+    pub fn early_poll(&self) -> EarlyPoll {
+        self.shared.early_poll
+    }
+
+    /// The number of requests held right now (long polls, early polls held
+    /// until their `nbf`, and begins waiting on `Prefer: wait`).
+    pub fn held_requests(&self) -> usize {
+        self.shared.lifecycle.held()
+    }
+
+    /// Starts a graceful shutdown: every held request is answered at once
+    /// (a poll with a `303` and a fresh state, a begin with its usual
+    /// answer), and no request is held from now on. Call it when the server
+    /// begins to stop, so that the stop does not wait for hold limits;
+    /// [`stop_on_signal`](crate::shutdown::stop_on_signal) does it for you.
+    pub fn shutdown(&self) {
+        self.shared.lifecycle.shut_down();
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has been called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.lifecycle.is_shutting_down()
+    }
+
     /// The state codec (for tools and tests that mint or inspect states).
     pub fn codec(&self) -> &StateCodec {
         &self.shared.codec
@@ -115,6 +181,9 @@ pub struct AsyncOpsBuilder {
     retention: u32,
     poll_path: String,
     audience: String,
+    long_poll: u32,
+    early_poll: EarlyPoll,
+    max_wait: u32,
     store: Option<Arc<dyn OperationStore>>,
 }
 
@@ -127,6 +196,9 @@ impl Default for AsyncOpsBuilder {
             retention: DEFAULT_RETENTION,
             poll_path: DEFAULT_POLL_PATH.to_owned(),
             audience: DEFAULT_AUDIENCE.to_owned(),
+            long_poll: DEFAULT_LONG_POLL,
+            early_poll: EarlyPoll::Reject,
+            max_wait: MAX_HOLD,
             store: None,
         }
     }
@@ -141,6 +213,9 @@ impl std::fmt::Debug for AsyncOpsBuilder {
             .field("retention", &self.retention)
             .field("poll_path", &self.poll_path)
             .field("audience", &self.audience)
+            .field("long_poll", &self.long_poll)
+            .field("early_poll", &self.early_poll)
+            .field("max_wait", &self.max_wait)
             .finish_non_exhaustive()
     }
 }
@@ -193,7 +268,21 @@ impl AsyncOpsBuilder {
     /// A builder with the defaults overridden by the environment variables
     /// that are set.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let mut builder = Self::default();
+        Self::default().with_env()
+    }
+
+    /// This builder with its settings overridden by the environment
+    /// variables that are set. An application sets its own defaults first,
+    /// then lets the environment have the last word:
+    ///
+    /// ```
+    /// use async_op::{AsyncOps, config::EarlyPoll};
+    ///
+    /// let builder = AsyncOps::builder().early_poll(EarlyPoll::Hold).with_env()?;
+    /// # Ok::<(), async_op::ConfigError>(())
+    /// ```
+    pub fn with_env(self) -> Result<Self, ConfigError> {
+        let mut builder = self;
         if let Some(secret) = env_var("ASYNC_OP_SECRET")? {
             builder.secret = Some(secret.into_bytes());
         }
@@ -215,6 +304,19 @@ impl AsyncOpsBuilder {
         }
         if let Some(audience) = env_var("ASYNC_OP_AUDIENCE")? {
             builder.audience = audience;
+        }
+        if let Some(seconds) = env_seconds("ASYNC_OP_LONG_POLL", MAX_HOLD)? {
+            builder.long_poll = seconds;
+        }
+        if let Some(seconds) = env_seconds("ASYNC_OP_MAX_WAIT", MAX_HOLD)? {
+            builder.max_wait = seconds;
+        }
+        if let Some(value) = env_var("ASYNC_OP_EARLY_POLL")? {
+            builder.early_poll = value.parse().map_err(|reason| ConfigError::InvalidEnv {
+                name: "ASYNC_OP_EARLY_POLL",
+                value,
+                reason,
+            })?;
         }
         Ok(builder)
     }
@@ -261,6 +363,27 @@ impl AsyncOpsBuilder {
         self
     }
 
+    /// How long a poll of a running operation is held before it is answered
+    /// with a 303 (default 20 s; zero turns long polling off). Capped at
+    /// [`MAX_HOLD`] (30 s) by [`build`](Self::build).
+    pub fn long_poll(mut self, hold: Duration) -> Self {
+        self.long_poll = u32::try_from(hold.as_secs()).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// What a poll that comes too early gets (default [`EarlyPoll::Reject`]).
+    pub fn early_poll(mut self, policy: EarlyPoll) -> Self {
+        self.early_poll = policy;
+        self
+    }
+
+    /// The longest a begin waits for `Prefer: wait=N` (default and maximum
+    /// 30 s; zero ignores the preference).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = u32::try_from(wait.as_secs()).unwrap_or(u32::MAX);
+        self
+    }
+
     /// The operation store (default: a new [`MemoryStore`]).
     pub fn store(mut self, store: impl OperationStore) -> Self {
         self.store = Some(Arc::new(store));
@@ -270,11 +393,12 @@ impl AsyncOpsBuilder {
     /// Checks the settings and builds the middleware.
     pub fn build(self) -> Result<AsyncOps, ConfigError> {
         let secret = self.secret.ok_or(ConfigError::MissingSecret)?;
-        if !self.poll_path.starts_with('/') || self.poll_path.contains(['?', '#']) {
+        let visible = |c: char| c.is_ascii_graphic() && c != '?' && c != '#';
+        if !self.poll_path.starts_with('/') || !self.poll_path.chars().all(visible) {
             return Err(ConfigError::InvalidSetting {
                 name: "poll_path",
                 reason: format!(
-                    "{:?} must be an absolute path without query or fragment",
+                    "{:?} must be an absolute path of visible ASCII, without query or fragment",
                     self.poll_path
                 ),
             });
@@ -291,6 +415,16 @@ impl AsyncOpsBuilder {
                 reason: "must be shorter than the retention".into(),
             });
         }
+        for (name, value) in [("long_poll", self.long_poll), ("max_wait", self.max_wait)] {
+            if value > MAX_HOLD {
+                return Err(ConfigError::InvalidSetting {
+                    name,
+                    reason: format!(
+                        "{value} s is more than the {MAX_HOLD} s a request may be held"
+                    ),
+                });
+            }
+        }
         let codec = StateCodec::hs256(&secret, &self.previous_secrets, &self.audience)?;
         let store = self
             .store
@@ -302,6 +436,10 @@ impl AsyncOpsBuilder {
                 poll_path: self.poll_path,
                 retry_after: self.retry_after,
                 retention: self.retention,
+                long_poll: self.long_poll,
+                early_poll: self.early_poll,
+                max_wait: self.max_wait,
+                lifecycle: Lifecycle::default(),
             }),
         })
     }

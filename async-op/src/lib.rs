@@ -50,8 +50,10 @@
 mod begin;
 pub mod config;
 pub mod error;
+mod hold;
 mod middleware;
 mod poll;
+pub mod shutdown;
 pub mod state;
 pub mod store;
 
@@ -59,7 +61,7 @@ pub use async_op_macros::async_operation;
 
 pub use crate::{
     begin::OperationSettings,
-    config::{AsyncOps, AsyncOpsBuilder},
+    config::{AsyncOps, AsyncOpsBuilder, EarlyPoll},
     error::{ConfigError, InvalidStateReason, ProtocolError},
     middleware::AsyncOpsMiddleware,
     store::{MemoryStore, OperationId, OperationStatus, OperationStore},

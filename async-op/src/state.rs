@@ -11,6 +11,7 @@
 //! | `iat` | when the state was issued |
 //! | `exp` | the end of retention: the result is not kept after it |
 //! | `aud` | the audience, so states of other systems signed with the same key are refused |
+//! | `hold` | present (`true`) only when an early follow is held rather than refused |
 //!
 //! and the header carries `alg`, `typ: JWT` and `kid`, the id of the key that
 //! signed it. It never carries the request, the result or anything secret.
@@ -56,7 +57,8 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The verified content of a state.
+/// The content of a state: what [`StateCodec::sign`] signs and
+/// [`StateCodec::verify`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct State {
     /// The operation this state is for.
@@ -69,6 +71,10 @@ pub struct State {
     pub iat: u64,
     /// Expires at (seconds since the epoch): the end of retention.
     pub exp: u64,
+    /// Whether a follow before `nbf` is held (early-poll policy `hold`)
+    /// rather than refused with 503.
+    #[serde(default)]
+    pub hold: bool,
 }
 
 /// The claims as they are signed.
@@ -80,6 +86,8 @@ struct SignedClaims<'a> {
     iat: u64,
     exp: u64,
     aud: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    hold: bool,
 }
 
 /// One verification key.
@@ -172,22 +180,16 @@ impl StateCodec {
         &self.audience
     }
 
-    /// Signs a state for operation `op`.
-    pub fn sign(
-        &self,
-        op: OperationId,
-        seq: u64,
-        iat: u64,
-        nbf: u64,
-        exp: u64,
-    ) -> Result<String, jsonwebtoken::errors::Error> {
+    /// Signs a state.
+    pub fn sign(&self, state: &State) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = SignedClaims {
-            op,
-            seq,
-            nbf,
-            iat,
-            exp,
+            op: state.op,
+            seq: state.seq,
+            nbf: state.nbf,
+            iat: state.iat,
+            exp: state.exp,
             aud: &self.audience,
+            hold: state.hold,
         };
         jsonwebtoken::encode(&self.header, &claims, &self.signing_key)
     }
@@ -241,23 +243,35 @@ mod tests {
         StateCodec::hs256(SECRET, &[], "async-op").unwrap()
     }
 
+    fn state(now: u64) -> State {
+        State {
+            op: OperationId::random(),
+            seq: 1,
+            nbf: now,
+            iat: now,
+            exp: now + 60,
+            hold: false,
+        }
+    }
+
     #[test]
     fn round_trip() {
         let codec = codec();
         let op = OperationId::random();
         let now = unix_now();
-        let token = codec.sign(op, 3, now, now + 2, now + 60).unwrap();
-        let state = codec.verify(&token, now).unwrap();
-        assert_eq!(
-            state,
-            State {
+        for hold in [false, true] {
+            let state = State {
                 op,
                 seq: 3,
                 nbf: now + 2,
                 iat: now,
-                exp: now + 60
-            }
-        );
+                exp: now + 60,
+                hold,
+            };
+            let token = codec.sign(&state).unwrap();
+            assert_eq!(codec.verify(&token, now).unwrap(), state);
+        }
+        let token = codec.sign(&state(now)).unwrap();
         assert!(token.len() < 300, "state is {} bytes", token.len());
     }
 
@@ -274,7 +288,12 @@ mod tests {
         let codec = codec();
         let now = unix_now();
         let token = codec
-            .sign(OperationId::random(), 1, now - 10, now - 10, now - 1)
+            .sign(&State {
+                iat: now - 10,
+                nbf: now - 10,
+                exp: now - 1,
+                ..state(now)
+            })
             .unwrap();
         assert!(matches!(
             codec.verify(&token, now),
@@ -288,9 +307,7 @@ mod tests {
         let old_codec = StateCodec::hs256(&old, &[], "async-op").unwrap();
         let codec = StateCodec::hs256(SECRET, &[old], "async-op").unwrap();
         let now = unix_now();
-        let token = old_codec
-            .sign(OperationId::random(), 1, now, now, now + 60)
-            .unwrap();
+        let token = old_codec.sign(&state(now)).unwrap();
         assert!(codec.verify(&token, now).is_ok());
         assert_ne!(codec.current_key_id(), old_codec.current_key_id());
     }

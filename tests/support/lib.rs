@@ -16,11 +16,13 @@ use tokio::sync::watch;
 /// The secret every test server signs with.
 pub const SECRET: &str = "test secret, thirty-two bytes or more";
 
-/// A builder with the test secret, `Retry-After: 1` and the given store.
+/// A builder with the test secret, `Retry-After: 1`, no long polling,
+/// and the given store: the plain polling of the seed.
 pub fn ops_builder(store: &MemoryStore) -> AsyncOpsBuilder {
     AsyncOps::builder()
         .secret(SECRET)
         .retry_after(Duration::from_secs(1))
+        .long_poll(Duration::ZERO)
         .store(store.clone())
 }
 

@@ -234,6 +234,8 @@ mod tests {
     const RUNNING: NewOperation = NewOperation {
         retry_after: 1,
         retention: 60,
+        long_poll: 0,
+        hold_early: false,
     };
 
     #[tokio::test]

@@ -105,14 +105,19 @@ impl<'de> Deserialize<'de> for OperationId {
     }
 }
 
-/// What the store is told when an operation begins.
-#[derive(Debug, Clone, Copy)]
+/// What the store is told when an operation begins: the operation's own
+/// settings, which every instance answering its polls must apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewOperation {
     /// Seconds a client is asked to wait between polls (`Retry-After`).
     pub retry_after: u32,
     /// Seconds a result is kept after the operation ends, and the lifetime of
     /// every state issued for it.
     pub retention: u32,
+    /// Seconds a poll of the running operation is held (0: no long polling).
+    pub long_poll: u32,
+    /// Whether a follow before `nbf` is held rather than refused.
+    pub hold_early: bool,
 }
 
 /// The handler's whole response, kept until retention ends.
