@@ -8,16 +8,19 @@
 //!
 //! Listens on `ASYNC_OP_BIND` (default `127.0.0.1:8080`) and reads the
 //! middleware's `ASYNC_OP_*` variables. Without `ASYNC_OP_SECRET` it makes a
-//! random secret for this run, and says so.
+//! random secret for this run, and says so. Its one default of its own is
+//! the early-poll policy `hold` (`ASYNC_OP_EARLY_POLL=reject` restores the
+//! library's default), so that browsers and `curl -L`, which follow a 303 at
+//! once, work too. Open <http://127.0.0.1:8080/> for a page that uses it.
 
 use actix_web::{App, HttpServer, middleware::Logger};
-use async_op::{AsyncOps, AsyncOpsBuilder};
+use async_op::{AsyncOps, EarlyPoll};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tracing_subscriber::EnvFilter;
 
 /// The middleware from the environment, with a random secret if none is set.
 fn configuration() -> Result<AsyncOps, async_op::ConfigError> {
-    let mut builder = AsyncOpsBuilder::from_env()?;
+    let mut builder = AsyncOps::builder().early_poll(EarlyPoll::Hold).with_env()?;
     if !builder.has_secret() {
         let secret: [u8; 32] = rand::random();
         builder = builder.secret(URL_SAFE_NO_PAD.encode(secret));
@@ -48,17 +51,24 @@ async fn main() -> std::process::ExitCode {
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let ops = configuration()?;
     let bind = std::env::var("ASYNC_OP_BIND").unwrap_or_else(|_| "127.0.0.1:8080".into());
-    let server = HttpServer::new(move || {
-        App::new()
-            .wrap(ops.clone())
-            .wrap(Logger::default())
-            .configure(async_op_examples::reports::configure)
+    let server = HttpServer::new({
+        let ops = ops.clone();
+        move || {
+            App::new()
+                .wrap(ops.clone())
+                .wrap(Logger::default())
+                .configure(async_op_examples::reports::configure)
+        }
     })
+    // async-op handles SIGINT and SIGTERM, releasing held polls first.
+    .disable_signals()
     .bind(&bind)
     .map_err(|error| format!("cannot listen on {bind}: {error}"))?;
     for addr in server.addrs() {
-        println!("quickstart listening on http://{addr} (POST /reports)");
+        println!("quickstart listening on http://{addr} (POST /reports, GET /)");
     }
-    server.run().await?;
+    let server = server.run();
+    actix_rt::spawn(async_op::shutdown::stop_on_signal(ops, server.handle()));
+    server.await?;
     Ok(())
 }

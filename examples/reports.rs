@@ -4,6 +4,9 @@
 //! handler sleeps that long, then answers `200` with a JSON report that
 //! includes the input, or, with `"fail": true`, its own `422` problem.
 //! A malformed body gets actix-web's `400` at once and starts nothing.
+//!
+//! `GET /` serves a page that starts a report from a form and shows the
+//! result with a plain `fetch()`.
 
 use std::time::Duration;
 
@@ -93,7 +96,16 @@ pub async fn create_report(
     }))
 }
 
+/// `GET /`: a page that starts a report with a form and shows the result,
+/// using a plain `fetch()`.
+#[actix_web::get("/")]
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("static/index.html"))
+}
+
 /// Registers the example's endpoints on an app.
 pub fn configure(config: &mut web::ServiceConfig) {
-    config.service(create_report);
+    config.service(create_report).service(index);
 }

@@ -6,20 +6,14 @@
 use std::time::Duration;
 
 use async_op::{OperationId, state::State};
-use async_op_tests::{
-    TestServer, begin, claims, client, follow, location, problem, retry_after,
-};
+use async_op_tests::{TestServer, begin, claims, client, follow, location, problem, retry_after};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
 #[actix_web::test]
 async fn begin_answers_303_with_location_and_retry_after() {
     let server = TestServer::start().await;
-    let res = client()
-        .post(server.url("/gated"))
-        .send()
-        .await
-        .unwrap();
+    let res = client().post(server.url("/gated")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let location = location(&res);
     assert!(location.starts_with("/async-response?ey"), "{location}");
@@ -28,7 +22,10 @@ async fn begin_answers_303_with_location_and_retry_after() {
     let claims = claims(&location);
     assert_eq!(claims["seq"], 1);
     assert_eq!(claims["aud"], "async-op");
-    assert_eq!(claims["nbf"].as_u64().unwrap(), claims["iat"].as_u64().unwrap() + 1);
+    assert_eq!(
+        claims["nbf"].as_u64().unwrap(),
+        claims["iat"].as_u64().unwrap() + 1
+    );
     assert_eq!(server.store.len(), 1);
     server.gate.open();
     server.stop().await;
@@ -41,7 +38,12 @@ async fn early_poll_gets_503_and_the_same_uri_answers_after_the_wait() {
     let early = client().get(&poll).send().await.unwrap();
     let wait = retry_after(&early);
     assert!((1..=1).contains(&wait), "Retry-After {wait}");
-    problem(early, StatusCode::SERVICE_UNAVAILABLE, "urn:async-op:problem:too-early").await;
+    problem(
+        early,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "urn:async-op:problem:too-early",
+    )
+    .await;
 
     tokio::time::sleep(Duration::from_secs(wait)).await;
     let res = client().get(&poll).send().await.unwrap();
@@ -51,7 +53,10 @@ async fn early_poll_gets_503_and_the_same_uri_answers_after_the_wait() {
         _ => res,
     };
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.json::<Value>().await.unwrap(), json!({"hello": "world"}));
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"hello": "world"})
+    );
     server.stop().await;
 }
 
@@ -148,7 +153,10 @@ async fn a_panicking_handler_fails_its_operation_only() {
         "urn:async-op:problem:operation-failed",
     )
     .await;
-    assert!(body["detail"].as_str().unwrap().contains("panicked"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("panicked"),
+        "{body}"
+    );
 
     // The server goes on serving.
     let poll = begin(&server, "/echo", &json!(1)).await;
@@ -181,7 +189,12 @@ async fn an_unknown_operation_is_404() {
         .send()
         .await
         .unwrap();
-    problem(res, StatusCode::NOT_FOUND, "urn:async-op:problem:operation-not-found").await;
+    problem(
+        res,
+        StatusCode::NOT_FOUND,
+        "urn:async-op:problem:operation-not-found",
+    )
+    .await;
     server.stop().await;
 }
 
@@ -194,6 +207,11 @@ async fn other_methods_on_the_poll_path_are_405() {
         .await
         .unwrap();
     assert_eq!(res.headers()[header::ALLOW], "GET, HEAD");
-    problem(res, StatusCode::METHOD_NOT_ALLOWED, "urn:async-op:problem:method-not-allowed").await;
+    problem(
+        res,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "urn:async-op:problem:method-not-allowed",
+    )
+    .await;
     server.stop().await;
 }

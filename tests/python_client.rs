@@ -19,7 +19,10 @@ async fn python_requests_with_urllib3_retry_gets_the_result() {
         .expect("python3 with `requests` installed (pip install requests)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "python failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "python failed:\n{stdout}\n{stderr}"
+    );
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some("200"), "{stdout}");
     let report: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
@@ -27,6 +30,9 @@ async fn python_requests_with_urllib3_retry_gets_the_result() {
     assert_eq!(report["rows"], 1500);
     // requests saw the begin's 303 and at least one more 303 on the way.
     let hops: Vec<u16> = serde_json::from_str(stderr.trim()).unwrap();
-    assert!(hops.len() >= 2 && hops.iter().all(|s| *s == 303), "{hops:?}");
+    assert!(
+        hops.len() >= 2 && hops.iter().all(|s| *s == 303),
+        "{hops:?}"
+    );
     server.stop().await;
 }

@@ -33,16 +33,27 @@ async fn issued(server: &TestServer) -> Issued {
     let poll = begin(server, "/gated", &json!(null)).await;
     let token = poll.split_once('?').unwrap().1.to_owned();
     let mut parts = token.split('.');
-    let header = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
-    let claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
-    Issued { header, claims, token }
+    let header =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
+    let claims =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
+    Issued {
+        header,
+        claims,
+        token,
+    }
 }
 
 /// Signs `claims` under `header` (its `kid` kept) with `secret` and HS256.
 fn sign(header: &Value, claims: &Value, secret: &[u8], alg: Algorithm) -> String {
     let mut jwt_header = Header::new(alg);
     jwt_header.kid = header["kid"].as_str().map(str::to_owned);
-    jsonwebtoken::encode(&jwt_header, claims, &EncodingKey::from_secret(secret).unwrap()).unwrap()
+    jsonwebtoken::encode(
+        &jwt_header,
+        claims,
+        &EncodingKey::from_secret(secret).unwrap(),
+    )
+    .unwrap()
 }
 
 async fn poll(server: &TestServer, query: &str) -> reqwest::Response {
@@ -62,7 +73,11 @@ async fn assert_invalid(server: &TestServer, query: &str, what: &str) {
 #[actix_web::test]
 async fn bad_states_are_400_with_a_problem_body() {
     let server = TestServer::start().await;
-    let Issued { header, claims, token } = issued(&server).await;
+    let Issued {
+        header,
+        claims,
+        token,
+    } = issued(&server).await;
     let secret = async_op_tests::SECRET.as_bytes();
     let [h, p, s]: [&str; 3] = token.split('.').collect::<Vec<_>>().try_into().unwrap();
 
@@ -92,23 +107,64 @@ async fn bad_states_are_400_with_a_problem_body() {
 
     let cases: Vec<(String, &str)> = vec![
         (String::new(), "empty query"),
-        (format!("{h}.{}.{s}", b64(&tampered_claims)), "tampered claims, old signature"),
-        (format!("{h}.{p}.{}", &s[..s.len() - 4]), "truncated signature"),
+        (
+            format!("{h}.{}.{s}", b64(&tampered_claims)),
+            "tampered claims, old signature",
+        ),
+        (
+            format!("{h}.{p}.{}", &s[..s.len() - 4]),
+            "truncated signature",
+        ),
         (token[..token.len() / 2].to_owned(), "truncated state"),
         (format!("{h}.{p}"), "two parts"),
         ("not-a-jws".into(), "not a JWS"),
-        (sign(&header, &claims, b"a different secret of thirty-two bytes", Algorithm::HS256), "wrong key, right kid"),
-        (sign(&header, &claims, secret, Algorithm::HS384), "other algorithm, right key"),
-        (sign(&header, &other_aud, secret, Algorithm::HS256), "wrong audience"),
-        (sign(&header, &no_aud, secret, Algorithm::HS256), "no audience"),
-        (sign(&header, &future_iat, secret, Algorithm::HS256), "iat in the future"),
-        (sign(&header, &negative_seq, secret, Algorithm::HS256), "negative seq"),
+        (
+            sign(
+                &header,
+                &claims,
+                b"a different secret of thirty-two bytes",
+                Algorithm::HS256,
+            ),
+            "wrong key, right kid",
+        ),
+        (
+            sign(&header, &claims, secret, Algorithm::HS384),
+            "other algorithm, right key",
+        ),
+        (
+            sign(&header, &other_aud, secret, Algorithm::HS256),
+            "wrong audience",
+        ),
+        (
+            sign(&header, &no_aud, secret, Algorithm::HS256),
+            "no audience",
+        ),
+        (
+            sign(&header, &future_iat, secret, Algorithm::HS256),
+            "iat in the future",
+        ),
+        (
+            sign(&header, &negative_seq, secret, Algorithm::HS256),
+            "negative seq",
+        ),
         (sign(&header, &zero_seq, secret, Algorithm::HS256), "seq 0"),
-        (sign(&header, &bad_op, secret, Algorithm::HS256), "op is not an id"),
+        (
+            sign(&header, &bad_op, secret, Algorithm::HS256),
+            "op is not an id",
+        ),
         (sign(&no_kid, &claims, secret, Algorithm::HS256), "no kid"),
-        (sign(&unknown_kid, &claims, secret, Algorithm::HS256), "unknown kid"),
-        (format!("{}.{p}.", b64(&none_header)), "alg none, empty signature"),
-        (format!("{}.{p}.{s}", b64(&none_header)), "alg none, old signature"),
+        (
+            sign(&unknown_kid, &claims, secret, Algorithm::HS256),
+            "unknown kid",
+        ),
+        (
+            format!("{}.{p}.", b64(&none_header)),
+            "alg none, empty signature",
+        ),
+        (
+            format!("{}.{p}.{s}", b64(&none_header)),
+            "alg none, old signature",
+        ),
         ("a".repeat(5000), "huge"),
         (format!("{token}&{token}"), "duplicated query"),
     ];
@@ -122,12 +178,19 @@ async fn bad_states_are_400_with_a_problem_body() {
 #[actix_web::test]
 async fn an_expired_state_is_410() {
     let server = TestServer::start().await;
-    let Issued { header, mut claims, .. } = issued(&server).await;
+    let Issued {
+        header, mut claims, ..
+    } = issued(&server).await;
     let now = now();
     claims["iat"] = json!(now - 100);
     claims["nbf"] = json!(now - 99);
     claims["exp"] = json!(now - 1);
-    let expired = sign(&header, &claims, async_op_tests::SECRET.as_bytes(), Algorithm::HS256);
+    let expired = sign(
+        &header,
+        &claims,
+        async_op_tests::SECRET.as_bytes(),
+        Algorithm::HS256,
+    );
     let res = poll(&server, &expired).await;
     problem(res, StatusCode::GONE, "urn:async-op:problem:state-expired").await;
     server.gate.open();

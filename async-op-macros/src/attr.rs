@@ -57,6 +57,15 @@ pub(crate) struct OperationArgs {
     pub(crate) retry_after: Option<u32>,
     pub(crate) retention: Option<u32>,
     pub(crate) name: Option<LitStr>,
+    pub(crate) long_poll: Option<u32>,
+    pub(crate) early_poll: Option<EarlyPoll>,
+}
+
+/// The early-poll policy, as the library names it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EarlyPoll {
+    Reject,
+    Hold,
 }
 
 /// `"90s"`, `"15m"`, `"1h"`, `"7d"` or `"90"` in seconds.
@@ -85,11 +94,19 @@ impl Parse for OperationArgs {
         }
         let mut method = BeginMethod::Post;
         if input.peek(Ident) {
-            method = BeginMethod::parse(&input.parse::<Ident>()?)?;
+            let ident: Ident = input.parse()?;
+            if input.peek(Token![=]) {
+                // `#[async_operation(retry_after = 2)]`: an argument, not a method.
+                return Err(syn::Error::new(
+                    ident.span(),
+                    format!("missing the begin path before `{ident}`: {USAGE}"),
+                ));
+            }
+            method = BeginMethod::parse(&ident)?;
             if input.is_empty() {
                 return Err(syn::Error::new(
-                    Span::call_site(),
-                    format!("missing the begin path: {USAGE}"),
+                    ident.span(),
+                    format!("missing the begin path after `{ident}`: {USAGE}"),
                 ));
             }
             input.parse::<Token![,]>()?;
@@ -103,7 +120,10 @@ impl Parse for OperationArgs {
         if !path.value().starts_with('/') {
             return Err(syn::Error::new(
                 path.span(),
-                "the begin path must start with `/`",
+                format!(
+                    "the begin path must start with `/`, as in {:?}",
+                    format!("/{}", path.value())
+                ),
             ));
         }
         let mut args = Self {
@@ -112,6 +132,8 @@ impl Parse for OperationArgs {
             retry_after: None,
             retention: None,
             name: None,
+            long_poll: None,
+            early_poll: None,
         };
         let mut retry_after_span = None;
         while !input.is_empty() {
@@ -144,15 +166,34 @@ impl Parse for OperationArgs {
                     if args.retention.is_some() {
                         return Err(duplicate());
                     }
+                    if input.peek(LitInt) {
+                        // `retention = 60`: suggest the string that means it.
+                        let value: LitInt = input.parse()?;
+                        return Err(syn::Error::new(
+                            value.span(),
+                            format!(
+                                r#"`retention` expects a duration string: `retention = "{}s"` for seconds, or "15m", "1h", "7d""#,
+                                value.base10_digits()
+                            ),
+                        ));
+                    }
                     let value: LitStr = input.parse().map_err(|error| {
                         syn::Error::new(error.span(), r#"`retention` expects a duration string, e.g. `retention = "1h"` ("90s", "15m", "1h", "7d")"#)
                     })?;
-                    let seconds =
-                        duration_secs(&value.value()).filter(|s| (1..=MAX_RETENTION).contains(s));
+                    let Some(seconds) = duration_secs(&value.value()) else {
+                        return Err(syn::Error::new(
+                            value.span(),
+                            format!(
+                                r#"`retention = {:?}` is not a duration: expected a whole number followed by `s`, `m`, `h` or `d`, such as "90s", "15m", "1h" or "7d""#,
+                                value.value()
+                            ),
+                        ));
+                    };
+                    let seconds = Some(seconds).filter(|s| (1..=MAX_RETENTION).contains(s));
                     let Some(seconds) = seconds.and_then(|s| u32::try_from(s).ok()) else {
                         return Err(syn::Error::new(
                             value.span(),
-                            r#"`retention` must be a duration from 1 s to 30 days, such as "90s", "15m", "1h" or "7d""#,
+                            r#"`retention` must be from 1 second to 30 days ("30d")"#,
                         ));
                     };
                     args.retention = Some(seconds);
@@ -168,11 +209,51 @@ impl Parse for OperationArgs {
                         )
                     })?);
                 }
+                "long_poll" => {
+                    if args.long_poll.is_some() {
+                        return Err(duplicate());
+                    }
+                    let value: LitInt = input.parse().map_err(|error| {
+                        syn::Error::new(
+                            error.span(),
+                            "`long_poll` expects whole seconds as an integer, e.g. `long_poll = 20` (0 turns it off)",
+                        )
+                    })?;
+                    let seconds = value.base10_parse::<u32>().ok().filter(|s| *s <= 30);
+                    let Some(seconds) = seconds else {
+                        return Err(syn::Error::new(
+                            value.span(),
+                            "`long_poll` must be between 0 and 30 seconds: a request is never held longer",
+                        ));
+                    };
+                    args.long_poll = Some(seconds);
+                }
+                "early_poll" => {
+                    if args.early_poll.is_some() {
+                        return Err(duplicate());
+                    }
+                    let value: LitStr = input.parse().map_err(|error| {
+                        syn::Error::new(
+                            error.span(),
+                            r#"`early_poll` expects a string: `early_poll = "reject"` or `early_poll = "hold"`"#,
+                        )
+                    })?;
+                    args.early_poll = Some(match value.value().as_str() {
+                        "reject" => EarlyPoll::Reject,
+                        "hold" => EarlyPoll::Hold,
+                        _ => {
+                            return Err(syn::Error::new(
+                                value.span(),
+                                r#"`early_poll` must be "reject" or "hold""#,
+                            ));
+                        }
+                    });
+                }
                 other => {
                     return Err(syn::Error::new(
                         key.span(),
                         format!(
-                            "unknown argument `{other}`: expected `retry_after`, `retention` or `name`"
+                            "unknown argument `{other}`: expected `retry_after`, `retention`, `long_poll`, `early_poll` or `name`"
                         ),
                     ));
                 }

@@ -4,7 +4,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::{FnArg, ItemFn, LitStr, spanned::Spanned as _};
 
-use crate::attr::OperationArgs;
+use crate::attr::{EarlyPoll, OperationArgs};
 
 /// Checks the function and generates a unit struct, named like the function,
 /// that registers the begin endpoint when given to `App::service`.
@@ -19,27 +19,35 @@ pub(crate) fn expand(args: OperationArgs, mut function: ItemFn) -> syn::Result<T
             "#[async_operation] needs an `async fn`: the handler's body runs in the background",
         ));
     }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        return Err(syn::Error::new(
-            sig.generics.span(),
-            "#[async_operation] handlers cannot be generic",
+    // `new_spanned` underlines the whole `<...>` (or `where ...`): a joined
+    // `span()` would be only its first token on stable Rust.
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            "#[async_operation] handlers cannot be generic: actix-web needs one concrete handler",
+        ));
+    }
+    if let Some(where_clause) = &sig.generics.where_clause {
+        return Err(syn::Error::new_spanned(
+            where_clause,
+            "#[async_operation] handlers cannot have a `where` clause",
         ));
     }
     let mut arg_types = Vec::new();
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(receiver) => {
-                return Err(syn::Error::new(
-                    receiver.span(),
+                return Err(syn::Error::new_spanned(
+                    receiver,
                     "#[async_operation] handlers cannot take `self`: use a free `async fn` whose arguments are extractors",
                 ));
             }
             FnArg::Typed(typed) => arg_types.push(&typed.ty),
         }
     }
-    if arg_types.len() > 15 {
-        return Err(syn::Error::new(
-            sig.inputs.span(),
+    if let Some(extra) = sig.inputs.iter().nth(15) {
+        return Err(syn::Error::new_spanned(
+            extra,
             "#[async_operation] handlers take at most 15 extractors",
         ));
     }
@@ -53,6 +61,7 @@ pub(crate) fn expand(args: OperationArgs, mut function: ItemFn) -> syn::Result<T
     let method = format_ident!("{}", args.method.constant());
     let retry_after = option(args.retry_after);
     let retention = option(args.retention);
+    let long_poll = option(args.long_poll);
     let doc_attributes: Vec<_> = function
         .attrs
         .iter()
@@ -62,6 +71,11 @@ pub(crate) fn expand(args: OperationArgs, mut function: ItemFn) -> syn::Result<T
         .map(|i| format_ident!("__async_op_arg{i}"))
         .collect();
     let krate = quote!(::async_op::__private);
+    let early_poll = match args.early_poll {
+        Some(EarlyPoll::Reject) => quote!(::core::option::Option::Some(#krate::EarlyPoll::Reject)),
+        Some(EarlyPoll::Hold) => quote!(::core::option::Option::Some(#krate::EarlyPoll::Hold)),
+        None => quote!(::core::option::Option::None),
+    };
     let web = quote!(#krate::actix_web);
 
     // The begin wrapper takes the same extractors as the handler, so that
@@ -75,6 +89,8 @@ pub(crate) fn expand(args: OperationArgs, mut function: ItemFn) -> syn::Result<T
                 name: #resource_name,
                 retry_after: #retry_after,
                 retention: #retention,
+                long_poll: #long_poll,
+                early_poll: #early_poll,
                 ..#krate::OperationSettings::DEFAULT
             };
             #krate::begin(__async_op_request, &SETTINGS, #name(#(#arg_names),*)).await

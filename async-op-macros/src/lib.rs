@@ -13,7 +13,8 @@ use proc_macro::TokenStream;
 /// Turns an `async fn` handler into an asynchronous operation.
 ///
 /// ```text
-/// #[async_operation(<method>, "<path>", retry_after = <seconds>, retention = "<duration>", name = "<name>")]
+/// #[async_operation(<method>, "<path>", retry_after = <seconds>, retention = "<duration>",
+///                  long_poll = <seconds>, early_poll = "reject" | "hold", name = "<name>")]
 /// ```
 ///
 /// | argument | required | default | meaning |
@@ -22,6 +23,8 @@ use proc_macro::TokenStream;
 /// | path | yes | | the begin path, as in `#[post("...")]` |
 /// | `retry_after` | no | the middleware's (`ASYNC_OP_RETRY_AFTER`, 2 s) | whole seconds a client waits between polls |
 /// | `retention` | no | the middleware's (`ASYNC_OP_TTL`, 1 h) | how long the result is kept: `"90s"`, `"15m"`, `"1h"`, `"7d"` or seconds |
+/// | `long_poll` | no | the middleware's (`ASYNC_OP_LONG_POLL`, 20 s) | whole seconds a poll of the running operation is held, 0 to 30 (0: off) |
+/// | `early_poll` | no | the middleware's (`ASYNC_OP_EARLY_POLL`, `"reject"`) | `"reject"` (503 + `Retry-After`) or `"hold"` (held until the wait is over) |
 /// | `name` | no | the function's name | the resource name, and the handler's name in logs |
 ///
 /// The function may take any actix-web extractors and return any

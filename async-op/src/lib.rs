@@ -73,5 +73,8 @@ pub use crate::{
 pub mod __private {
     pub use actix_web;
 
-    pub use crate::begin::{OperationSettings, begin};
+    pub use crate::{
+        begin::{OperationSettings, begin},
+        config::EarlyPoll,
+    };
 }

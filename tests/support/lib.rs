@@ -57,6 +57,20 @@ async fn gated(gate: web::Data<Gate>) -> HttpResponse {
         .body("done")
 }
 
+/// Waits for the gate, holding polls for 1 s at most (the macro's own
+/// override of the middleware's long-poll setting).
+#[async_operation(post, "/gated-short-hold", retry_after = 1, long_poll = 1)]
+async fn gated_short_hold(gate: web::Data<Gate>) -> HttpResponse {
+    gate.wait().await;
+    HttpResponse::Ok().body("done")
+}
+
+/// Answers at once with the JSON it was given; early polls are held.
+#[async_operation(post, "/echo-hold", retry_after = 1, early_poll = "hold")]
+async fn echo_hold(body: web::Json<Value>) -> web::Json<Value> {
+    body
+}
+
 /// Panics.
 #[async_operation(post, "/panics", retry_after = 1)]
 async fn panics() -> HttpResponse {
@@ -73,6 +87,8 @@ async fn echo(body: web::Json<Value>) -> web::Json<Value> {
 pub fn test_app(config: &mut web::ServiceConfig) {
     config
         .service(gated)
+        .service(gated_short_hold)
+        .service(echo_hold)
         .service(panics)
         .service(echo)
         .configure(async_op_examples::reports::configure);
@@ -133,6 +149,27 @@ impl TestServer {
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
+}
+
+/// Waits until `condition` holds, checking every few milliseconds; fails the
+/// test after 30 s. For conditions that have no event to wait on (a gauge
+/// reaching a count), never for timing assertions.
+pub async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// The current time in seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A client that does not follow redirects.

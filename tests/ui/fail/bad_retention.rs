@@ -1,0 +1,8 @@
+use async_op::async_operation;
+
+#[async_operation(post, "/x", retention = "1 week")]
+async fn handler() -> &'static str {
+    "done"
+}
+
+fn main() {}
