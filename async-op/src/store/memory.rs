@@ -11,7 +11,8 @@ use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use super::{
-    NewOperation, OperationId, OperationStatus, OperationStore, Outcome, StoreError, StoreFuture,
+    ClaimOutcome, IdempotencyClaim, NewOperation, OperationId, OperationStatus, OperationStore,
+    Outcome, StoreError, StoreFuture,
 };
 
 /// The default store: operations in a sharded map in this process.
@@ -45,7 +46,16 @@ pub struct MemoryStore {
 
 struct Inner {
     operations: DashMap<OperationId, Arc<Cell>>,
+    idempotency_keys: DashMap<String, KeyBinding>,
     expiries: Arc<Expiries>,
+}
+
+/// An `Idempotency-Key` bound to an operation until `expires_at`.
+#[derive(Clone, Copy)]
+struct KeyBinding {
+    id: OperationId,
+    fingerprint: [u8; 32],
+    expires_at: u64,
 }
 
 /// One operation: its outcome once it has one, and the waiters to wake.
@@ -97,6 +107,7 @@ impl MemoryStore {
         let expiries = Arc::new(Expiries::default());
         let inner = Arc::new(Inner {
             operations: DashMap::new(),
+            idempotency_keys: DashMap::new(),
             expiries: Arc::clone(&expiries),
         });
         let weak = Arc::downgrade(&inner);
@@ -136,6 +147,9 @@ impl MemoryStore {
             queue.pop();
             inner.operations.remove(&id);
         }
+        inner
+            .idempotency_keys
+            .retain(|_, binding| binding.expires_at > now);
         None
     }
 }
@@ -224,6 +238,35 @@ impl OperationStore for MemoryStore {
             }
             Ok(Some(cell.status()))
         })
+    }
+
+    fn claim_idempotency_key(&self, claim: &IdempotencyClaim) -> StoreFuture<'_, ClaimOutcome> {
+        StoreFuture::ready(Ok(self.claim(claim)))
+    }
+}
+
+impl MemoryStore {
+    fn claim(&self, claim: &IdempotencyClaim) -> ClaimOutcome {
+        let now = unix_now();
+        let binding = KeyBinding {
+            id: claim.id,
+            fingerprint: claim.fingerprint,
+            expires_at: now + u64::from(claim.ttl),
+        };
+        match self.inner.idempotency_keys.entry(claim.key.clone()) {
+            dashmap::Entry::Occupied(mut entry) if entry.get().expires_at <= now => {
+                entry.insert(binding);
+                ClaimOutcome::Claimed
+            }
+            dashmap::Entry::Occupied(entry) => ClaimOutcome::Existing {
+                id: entry.get().id,
+                same_request: entry.get().fingerprint == claim.fingerprint,
+            },
+            dashmap::Entry::Vacant(entry) => {
+                entry.insert(binding);
+                ClaimOutcome::Claimed
+            }
+        }
     }
 }
 

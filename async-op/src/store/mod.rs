@@ -256,6 +256,36 @@ pub enum StoreError {
     Duplicate(OperationId),
 }
 
+/// A begin's claim on an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    /// The key as the client sent it, scoped to the client identity where
+    /// one is configured (`<identity>\n<key>`), so that two clients' keys
+    /// never meet.
+    pub key: String,
+    /// A digest of the request (method, path and query, content type and
+    /// body): a repeat with another request under the same key is refused.
+    pub fingerprint: [u8; 32],
+    /// The operation the key is claimed for if it is new.
+    pub id: OperationId,
+    /// Seconds the claim is kept (the operation's retention).
+    pub ttl: u32,
+}
+
+/// What became of an [`IdempotencyClaim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The key was new: it is now bound to the claim's operation.
+    Claimed,
+    /// The key was seen before, within its ttl.
+    Existing {
+        /// The operation the key is bound to.
+        id: OperationId,
+        /// Whether the earlier request had the same fingerprint.
+        same_request: bool,
+    },
+}
+
 /// The future a store method returns: ready at once, or boxed.
 #[must_use = "futures do nothing unless polled"]
 pub struct StoreFuture<'a, T>(StoreFutureInner<'a, T>);
@@ -304,7 +334,8 @@ impl<T> Future for StoreFuture<'_, T> {
 /// - [`status`](Self::status) answers `None` for an unknown operation or one
 ///   whose retention has ended;
 /// - [`wait`](Self::wait) resolves once the operation has ended (at once if it
-///   has), without polling in a loop; callers bound it with a timeout.
+///   has), without polling in a loop; callers bound it with a timeout;
+/// - [`claim_idempotency_key`](Self::claim_idempotency_key) is atomic.
 pub trait OperationStore: Send + Sync + 'static {
     /// Registers a new, running operation.
     fn create(&self, id: OperationId, operation: NewOperation) -> StoreFuture<'_, ()>;
@@ -318,4 +349,9 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Resolves with the operation's status once it has ended (`None` if it
     /// is unknown).
     fn wait(&self, id: OperationId) -> StoreFuture<'_, Option<OperationStatus>>;
+
+    /// Binds an `Idempotency-Key` to an operation, atomically: of two begins
+    /// with the same key, on any instances, exactly one gets
+    /// [`ClaimOutcome::Claimed`].
+    fn claim_idempotency_key(&self, claim: &IdempotencyClaim) -> StoreFuture<'_, ClaimOutcome>;
 }
