@@ -85,6 +85,8 @@ pub(crate) fn expand(args: OperationArgs, mut function: ItemFn) -> syn::Result<T
             __async_op_request: #web::HttpRequest,
             #(#arg_names: #arg_types),*
         ) -> #web::HttpResponse {
+            // `..DEFAULT` keeps this compiling when settings are added.
+            #[allow(clippy::needless_update)]
             const SETTINGS: #krate::OperationSettings = #krate::OperationSettings {
                 name: #resource_name,
                 retry_after: #retry_after,
