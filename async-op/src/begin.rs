@@ -2,20 +2,25 @@
 //! [`#[async_operation]`](crate::async_operation) calls once the handler's
 //! extractors have succeeded.
 
-use std::{future::Future, panic::AssertUnwindSafe, time::Duration};
+use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use actix_web::{
     HttpMessage as _, HttpRequest, HttpResponse, Responder, ResponseError,
-    http::header::{self, HeaderName, HeaderValue},
+    http::{
+        StatusCode,
+        header::{self, HeaderName, HeaderValue},
+    },
 };
 use futures_util::FutureExt as _;
 use tracing::Instrument as _;
 
 use crate::{
+    callback::{CallbackTarget, Callbacks},
     config::{AsyncOps, EarlyPoll, MAX_HOLD, Shared},
     error::ProtocolError,
     hold::Held,
-    poll::{ended_response, see_other},
+    poll::{ended_response, see_other, to_poll_uri},
+    prefer::Preferences,
     store::{FailureKind, NewOperation, OperationId, Outcome, StoredResponse},
 };
 
@@ -66,13 +71,33 @@ where
         return ProtocolError::MiddlewareMissing.error_response();
     };
     let shared = &*ops.shared;
+    let preferences = Preferences::from_headers(req.headers());
+    // A callback URI is checked before anything starts: a refused one is a
+    // 400 and no operation.
+    let callback = match shared
+        .callbacks
+        .requested(&req, preferences.callback_url.clone())
+    {
+        Some(uri) => match shared.callbacks.check(&uri).await {
+            Ok(target) => Some(target),
+            Err(error) => {
+                tracing::info!(%error, handler = settings.name, "async-op: callback refused");
+                return vary_prefer(error.error_response());
+            }
+        },
+        None => None,
+    };
     let operation = NewOperation {
         retry_after: settings.retry_after.unwrap_or(shared.retry_after),
         retention: settings.retention.unwrap_or(shared.retention),
         long_poll: settings.long_poll.unwrap_or(shared.long_poll).min(MAX_HOLD),
         hold_early: settings.early_poll.unwrap_or(shared.early_poll) == EarlyPoll::Hold,
     };
-    let wait = prefer_wait(&req).map(|wait| wait.min(shared.max_wait));
+    // With a callback the client has asked not to wait (respond-async).
+    let wait = preferences
+        .wait
+        .filter(|_| callback.is_none())
+        .map(|wait| wait.min(shared.max_wait));
     let op = OperationId::random();
     let span = tracing::info_span!("async_op.operation", op = %op, handler = settings.name);
     if let Err(error) = shared.store.create(op, operation).await {
@@ -80,9 +105,17 @@ where
         return ProtocolError::from(error).error_response();
     }
     tracing::info!(parent: &span, "async-op: operation begun");
+    let accepted = callback.is_some();
     actix_rt::spawn(
-        run(ops.clone(), op, req, handler, operation.retention).instrument(span.clone()),
+        run(ops.clone(), op, req, handler, operation.retention, callback).instrument(span.clone()),
     );
+    if accepted {
+        let mut res = to_poll_uri(StatusCode::ACCEPTED, shared, op, 1, &operation)
+            .unwrap_or_else(|error| error.error_response());
+        res.headers_mut()
+            .insert(PREFERENCE_APPLIED, HeaderValue::from_static("callback"));
+        return vary_prefer(res);
+    }
 
     let mut answer = None;
     if let Some(wait) = wait.filter(|wait| *wait > 0) {
@@ -95,45 +128,34 @@ where
     let mut res = answer
         .unwrap_or_else(|| see_other(shared, op, 1, &operation))
         .unwrap_or_else(|error| error.error_response());
-    // The answer depends on `Prefer` (RFC 7240, section 2).
-    let headers = res.headers_mut();
-    headers.append(header::VARY, HeaderValue::from_static("prefer"));
     if let Some(wait) = wait {
-        headers.insert(
-            PREFERENCE_APPLIED,
-            format!("wait={wait}")
-                .try_into()
-                .unwrap_or(HeaderValue::from_static("wait")),
-        );
+        // `wait=` and digits: always a valid header value.
+        let applied = HeaderValue::try_from(format!("wait={wait}"))
+            .unwrap_or(HeaderValue::from_static("wait"));
+        res.headers_mut().insert(PREFERENCE_APPLIED, applied);
     }
+    vary_prefer(res)
+}
+
+/// Marks a begin answer as depending on `Prefer` (RFC 7240, section 2).
+fn vary_prefer(mut res: HttpResponse) -> HttpResponse {
+    res.headers_mut()
+        .append(header::VARY, HeaderValue::from_static("prefer"));
     res
 }
 
 /// The `Preference-Applied` response header (RFC 7240).
 pub(crate) const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
-/// The `wait` preference of the request's `Prefer` headers (RFC 7240,
-/// section 4.3), in seconds. Unparseable values are ignored, as the RFC
-/// asks of preferences a server does not understand.
-fn prefer_wait(req: &HttpRequest) -> Option<u32> {
-    req.headers()
-        .get_all("prefer")
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|preference| {
-            let token = preference.split(';').next()?;
-            let (name, value) = token.split_once('=')?;
-            name.trim()
-                .eq_ignore_ascii_case("wait")
-                .then(|| value.trim().trim_matches('"').parse::<u32>().ok())
-                .flatten()
-        })
-        .next()
-}
-
 /// Runs the handler to its end and records the outcome.
-async fn run<F>(ops: AsyncOps, op: OperationId, req: HttpRequest, handler: F, retention: u32)
-where
+async fn run<F>(
+    ops: AsyncOps,
+    op: OperationId,
+    req: HttpRequest,
+    handler: F,
+    retention: u32,
+    callback: Option<CallbackTarget>,
+) where
     F: Future + 'static,
     F::Output: Responder + 'static,
 {
@@ -166,6 +188,9 @@ where
         }
     };
     finish(&ops.shared, op, outcome, retention).await;
+    if let Some(target) = callback {
+        Callbacks::deliver(Arc::clone(&ops.shared), op, target, retention);
+    }
 }
 
 async fn finish(shared: &Shared, op: OperationId, outcome: Outcome, retention: u32) {

@@ -12,6 +12,11 @@
 //! | `ASYNC_OP_LONG_POLL` | [`long_poll`](AsyncOpsBuilder::long_poll) | `20` | seconds a poll of a running operation is held (0: off; at most 30) |
 //! | `ASYNC_OP_EARLY_POLL` | [`early_poll`](AsyncOpsBuilder::early_poll) | `reject` | `reject` (503 + `Retry-After`) or `hold` (held until `nbf`) |
 //! | `ASYNC_OP_MAX_WAIT` | [`max_wait`](AsyncOpsBuilder::max_wait) | `30` | the cap on `Prefer: wait=N` at begin, in seconds (at most 30) |
+//! | `ASYNC_OP_CALLBACK_ALLOW` | [`callback_allow_hosts`](AsyncOpsBuilder::callback_allow_hosts) | none: callbacks off | comma-separated callback hosts (`client.example`, `*.hooks.example`) |
+//! | `ASYNC_OP_CALLBACK_ALLOW_NETWORKS` | [`callback_allow_networks`](AsyncOpsBuilder::callback_allow_networks) | none | comma-separated networks a callback may reach although internal (`10.0.0.0/8`, `127.0.0.1/32`) |
+//! | `ASYNC_OP_CALLBACK_SECRET` | [`callback_signing_secret`](AsyncOpsBuilder::callback_signing_secret) | none: unsigned | Standard Webhooks secret (`whsec_` + base64, at least 24 bytes) |
+//! | `ASYNC_OP_CALLBACK_ATTEMPTS` | [`callback_max_attempts`](AsyncOpsBuilder::callback_max_attempts) | `8` | delivery attempts at most |
+//! | `ASYNC_OP_CALLBACK_TIMEOUT` | [`callback_attempt_timeout`](AsyncOpsBuilder::callback_attempt_timeout) | `10` | seconds one attempt may take |
 //!
 //! Durations in the environment are whole seconds (`90`) or a number with a
 //! unit: `s`, `m`, `h` or `d` (`90s`, `15m`, `1h`, `7d`).
@@ -19,6 +24,7 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
+    callback::{CallbackConfig, Callbacks, parse_signing_secret},
     error::ConfigError,
     hold::Lifecycle,
     state::StateCodec,
@@ -96,6 +102,7 @@ pub(crate) struct Shared {
     pub(crate) early_poll: EarlyPoll,
     pub(crate) max_wait: u32,
     pub(crate) lifecycle: Lifecycle,
+    pub(crate) callbacks: Callbacks,
 }
 
 impl std::fmt::Debug for AsyncOps {
@@ -166,6 +173,11 @@ impl AsyncOps {
         self.shared.lifecycle.is_shutting_down()
     }
 
+    /// What callback delivery has done since the server started.
+    pub fn callback_stats(&self) -> crate::callback::CallbackStats {
+        self.shared.callbacks.stats()
+    }
+
     /// The state codec (for tools and tests that mint or inspect states).
     pub fn codec(&self) -> &StateCodec {
         &self.shared.codec
@@ -184,6 +196,9 @@ pub struct AsyncOpsBuilder {
     long_poll: u32,
     early_poll: EarlyPoll,
     max_wait: u32,
+    callbacks: CallbackConfig,
+    callback_networks: Vec<String>,
+    callback_secret: Option<String>,
     store: Option<Arc<dyn OperationStore>>,
 }
 
@@ -199,6 +214,9 @@ impl Default for AsyncOpsBuilder {
             long_poll: DEFAULT_LONG_POLL,
             early_poll: EarlyPoll::Reject,
             max_wait: MAX_HOLD,
+            callbacks: CallbackConfig::default(),
+            callback_networks: Vec::new(),
+            callback_secret: None,
             store: None,
         }
     }
@@ -216,6 +234,12 @@ impl std::fmt::Debug for AsyncOpsBuilder {
             .field("long_poll", &self.long_poll)
             .field("early_poll", &self.early_poll)
             .field("max_wait", &self.max_wait)
+            .field("callback_hosts", &self.callbacks.allowed_hosts)
+            .field("callback_networks", &self.callback_networks)
+            .field(
+                "callback_secret",
+                &self.callback_secret.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -248,6 +272,14 @@ pub fn parse_duration_secs(text: &str) -> Option<u64> {
         _ => return None,
     };
     number.checked_mul(unit)
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn env_seconds(name: &'static str, max: u32) -> Result<Option<u32>, ConfigError> {
@@ -310,6 +342,30 @@ impl AsyncOpsBuilder {
         }
         if let Some(seconds) = env_seconds("ASYNC_OP_MAX_WAIT", MAX_HOLD)? {
             builder.max_wait = seconds;
+        }
+        if let Some(hosts) = env_var("ASYNC_OP_CALLBACK_ALLOW")? {
+            builder.callbacks.allowed_hosts = split_list(&hosts);
+        }
+        if let Some(networks) = env_var("ASYNC_OP_CALLBACK_ALLOW_NETWORKS")? {
+            builder.callback_networks = split_list(&networks);
+        }
+        if let Some(secret) = env_var("ASYNC_OP_CALLBACK_SECRET")? {
+            builder.callback_secret = Some(secret);
+        }
+        if let Some(attempts) = env_var("ASYNC_OP_CALLBACK_ATTEMPTS")? {
+            builder.callbacks.max_attempts = attempts
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| ConfigError::InvalidEnv {
+                    name: "ASYNC_OP_CALLBACK_ATTEMPTS",
+                    value: attempts,
+                    reason: "expected a number of attempts from 1 to 100".into(),
+                })?;
+        }
+        if let Some(seconds) = env_seconds("ASYNC_OP_CALLBACK_TIMEOUT", 300)? {
+            builder.callbacks.attempt_timeout = Duration::from_secs(seconds.into());
         }
         if let Some(value) = env_var("ASYNC_OP_EARLY_POLL")? {
             builder.early_poll = value.parse().map_err(|reason| ConfigError::InvalidEnv {
@@ -384,6 +440,77 @@ impl AsyncOpsBuilder {
         self
     }
 
+    /// The hosts callbacks may go to: exact names or IP literals, or
+    /// `*.example.com` for any subdomain. Nothing is allowed by default,
+    /// which keeps callbacks off. See [`callback`](crate::callback).
+    pub fn callback_allow_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.callbacks.allowed_hosts = hosts
+            .into_iter()
+            .map(|h| h.into().to_ascii_lowercase())
+            .collect();
+        self
+    }
+
+    /// Networks a callback may reach although they are internal (loopback,
+    /// private, link-local, ...), in CIDR form: `10.0.0.0/8`, `::1/128`.
+    /// Checked by [`build`](Self::build).
+    pub fn callback_allow_networks<I, S>(mut self, networks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.callback_networks = networks.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Supplies callback URIs from the begin request, for applications that
+    /// know their clients' URIs (a registration). Its URI wins over one the
+    /// client sends; it is checked like any other.
+    pub fn callback_resolver(
+        mut self,
+        resolver: impl Fn(&actix_web::HttpRequest) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.resolver = Some(Arc::new(resolver));
+        self
+    }
+
+    /// Signs notifications the Standard Webhooks way with this secret
+    /// (`whsec_` followed by base64 of at least 24 bytes).
+    pub fn callback_signing_secret(mut self, secret: impl Into<String>) -> Self {
+        self.callback_secret = Some(secret.into());
+        self
+    }
+
+    /// Delivery attempts at most (default 8).
+    pub fn callback_max_attempts(mut self, attempts: u32) -> Self {
+        self.callbacks.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The time one delivery attempt may take (default 10 s).
+    pub fn callback_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.callbacks.attempt_timeout = timeout;
+        self
+    }
+
+    /// The delay before the second attempt (doubled for each further one,
+    /// with jitter) and the longest delay (defaults 1 s and 5 min).
+    pub fn callback_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.callbacks.first_backoff = first;
+        self.callbacks.max_backoff = max.max(first);
+        self
+    }
+
+    /// Deliveries in flight at most (default 256); more wait for a slot.
+    pub fn callback_max_in_flight(mut self, deliveries: usize) -> Self {
+        self.callbacks.max_in_flight = deliveries.max(1);
+        self
+    }
+
     /// The operation store (default: a new [`MemoryStore`]).
     pub fn store(mut self, store: impl OperationStore) -> Self {
         self.store = Some(Arc::new(store));
@@ -425,6 +552,20 @@ impl AsyncOpsBuilder {
                 });
             }
         }
+        let mut callbacks = self.callbacks;
+        for network in &self.callback_networks {
+            let parsed = network
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| network.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::InvalidSetting {
+                    name: "callback_allow_networks",
+                    reason: format!("{network:?} is not a network in CIDR form (`10.0.0.0/8`)"),
+                })?;
+            callbacks.allowed_networks.push(parsed);
+        }
+        if let Some(secret) = &self.callback_secret {
+            callbacks.signing_key = Some(parse_signing_secret(secret)?);
+        }
         let codec = StateCodec::hs256(&secret, &self.previous_secrets, &self.audience)?;
         let store = self
             .store
@@ -440,6 +581,7 @@ impl AsyncOpsBuilder {
                 early_poll: self.early_poll,
                 max_wait: self.max_wait,
                 lifecycle: Lifecycle::default(),
+                callbacks: Callbacks::new(callbacks),
             }),
         })
     }

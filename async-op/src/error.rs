@@ -68,6 +68,11 @@ pub enum ProtocolError {
     )]
     MiddlewareMissing,
 
+    /// The callback URI of a begin request was refused (see
+    /// [`callback`](crate::callback) for the rules); nothing was started.
+    #[error("{0}")]
+    InvalidCallback(String),
+
     /// A new state could not be signed (a key that cannot sign).
     #[error("the server could not sign a new state")]
     SigningFailed,
@@ -134,6 +139,7 @@ impl ProtocolError {
             Self::MiddlewareMissing => "urn:async-op:problem:middleware-missing",
             Self::MethodNotAllowed => "urn:async-op:problem:method-not-allowed",
             Self::SigningFailed => "urn:async-op:problem:signing-failed",
+            Self::InvalidCallback(_) => "urn:async-op:problem:invalid-callback",
         }
     }
 
@@ -151,6 +157,7 @@ impl ProtocolError {
             Self::MiddlewareMissing => "async-op middleware missing",
             Self::MethodNotAllowed => "Method not allowed",
             Self::SigningFailed => "State signing failed",
+            Self::InvalidCallback(_) => "Callback URI refused",
         }
     }
 
@@ -201,7 +208,7 @@ pub fn problem_response(
 impl ResponseError for ProtocolError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::InvalidState(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidState(_) | Self::InvalidCallback(_) => StatusCode::BAD_REQUEST,
             Self::StateExpired | Self::OperationCancelled => StatusCode::GONE,
             Self::TooEarly { .. } | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::OperationNotFound => StatusCode::NOT_FOUND,

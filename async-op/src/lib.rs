@@ -48,11 +48,13 @@
 #![warn(missing_docs)]
 
 mod begin;
+pub mod callback;
 pub mod config;
 pub mod error;
 mod hold;
 mod middleware;
 mod poll;
+mod prefer;
 pub mod shutdown;
 pub mod state;
 pub mod store;

@@ -120,8 +120,20 @@ pub(crate) fn see_other(
     seq: u64,
     operation: &NewOperation,
 ) -> Result<HttpResponse, ProtocolError> {
+    to_poll_uri(StatusCode::SEE_OTHER, shared, op, seq, operation)
+}
+
+/// A response of `status` that leads to a new poll URI for `op`: `303` on
+/// begin and polls, `202` when a callback was accepted.
+pub(crate) fn to_poll_uri(
+    status: StatusCode,
+    shared: &Shared,
+    op: OperationId,
+    seq: u64,
+    operation: &NewOperation,
+) -> Result<HttpResponse, ProtocolError> {
     let location = poll_uri(shared, op, seq, operation)?;
-    let mut res = HttpResponse::new(StatusCode::SEE_OTHER);
+    let mut res = HttpResponse::new(status);
     let headers = res.headers_mut();
     headers.insert(header::LOCATION, location);
     headers.insert(

@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 #![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
+pub mod receiver;
+
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{App, HttpResponse, HttpServer, dev::ServerHandle, web};
