@@ -182,6 +182,7 @@ async fn an_unknown_operation_is_404() {
             iat: now,
             exp: now + 60,
             hold: false,
+            sub: None,
         })
         .unwrap();
     let res = client()

@@ -2,7 +2,12 @@
 //! [`#[async_operation]`](crate::async_operation) calls once the handler's
 //! extractors have succeeded.
 
-use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use actix_web::{
     HttpMessage as _, HttpRequest, HttpResponse, Responder, ResponseError,
@@ -21,7 +26,7 @@ use crate::{
     hold::Held,
     poll::{ended_response, see_other, to_poll_uri},
     prefer::Preferences,
-    store::{FailureKind, NewOperation, OperationId, Outcome, StoredResponse},
+    store::{CollectError, FailureKind, NewOperation, OperationId, Outcome, StoredResponse},
 };
 
 /// Per-operation settings, written by the macro from its arguments. A field
@@ -71,6 +76,23 @@ where
         return ProtocolError::MiddlewareMissing.error_response();
     };
     let shared = &*ops.shared;
+    // Counted from here; released when the operation ends (or, below, when
+    // nothing is started after all).
+    let Some(pending) = PendingGuard::acquire(&ops) else {
+        tracing::warn!(
+            handler = settings.name,
+            "async-op: too many pending operations"
+        );
+        let retry_after = settings.retry_after.unwrap_or(shared.retry_after).max(1);
+        return ProtocolError::TooManyOperations {
+            retry_after: retry_after.into(),
+        }
+        .error_response();
+    };
+    let sub = shared
+        .client_identity
+        .as_ref()
+        .and_then(|identify| identify(&req));
     let preferences = Preferences::from_headers(req.headers());
     // A callback URI is checked before anything starts: a refused one is a
     // 400 and no operation.
@@ -106,11 +128,18 @@ where
     }
     tracing::info!(parent: &span, "async-op: operation begun");
     let accepted = callback.is_some();
-    actix_rt::spawn(
-        run(ops.clone(), op, req, handler, operation.retention, callback).instrument(span.clone()),
-    );
+    let running = Running {
+        ops: ops.clone(),
+        op,
+        retention: operation.retention,
+        callback,
+        sub: sub.clone(),
+        _pending: pending,
+    };
+    actix_rt::spawn(run(running, req, handler).instrument(span.clone()));
+    let sub = sub.as_deref();
     if accepted {
-        let mut res = to_poll_uri(StatusCode::ACCEPTED, shared, op, 1, &operation)
+        let mut res = to_poll_uri(StatusCode::ACCEPTED, shared, op, 1, &operation, sub)
             .unwrap_or_else(|error| error.error_response());
         res.headers_mut()
             .insert(PREFERENCE_APPLIED, HeaderValue::from_static("callback"));
@@ -126,7 +155,7 @@ where
         }
     }
     let mut res = answer
-        .unwrap_or_else(|| see_other(shared, op, 1, &operation))
+        .unwrap_or_else(|| see_other(shared, op, 1, &operation, sub))
         .unwrap_or_else(|error| error.error_response());
     if let Some(wait) = wait {
         // `wait=` and digits: always a valid header value.
@@ -147,24 +176,71 @@ fn vary_prefer(mut res: HttpResponse) -> HttpResponse {
 /// The `Preference-Applied` response header (RFC 7240).
 pub(crate) const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
-/// Runs the handler to its end and records the outcome.
-async fn run<F>(
+/// Counts one operation pending on this instance while it lives.
+struct PendingGuard(Arc<Shared>);
+
+impl PendingGuard {
+    fn acquire(ops: &AsyncOps) -> Option<Self> {
+        let shared = &ops.shared;
+        if shared.pending.fetch_add(1, Ordering::AcqRel) >= shared.max_pending {
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(Arc::clone(shared)))
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the background task of one operation holds.
+struct Running {
     ops: AsyncOps,
     op: OperationId,
-    req: HttpRequest,
-    handler: F,
     retention: u32,
     callback: Option<CallbackTarget>,
-) where
+    sub: Option<String>,
+    _pending: PendingGuard,
+}
+
+/// Runs the handler to its end, or until the operation is cancelled (from
+/// any instance: the store wakes this task), and records the outcome.
+async fn run<F>(running: Running, req: HttpRequest, handler: F)
+where
     F: Future + 'static,
     F::Output: Responder + 'static,
 {
-    let outcome = AssertUnwindSafe(async {
+    let shared = &running.ops.shared;
+    let op = running.op;
+    let max_bytes = shared.max_result_bytes;
+    let handler = AssertUnwindSafe(async {
         let response = handler.await.respond_to(&req);
-        StoredResponse::collect(response).await
+        StoredResponse::collect_limited(response, max_bytes).await
     })
-    .catch_unwind()
-    .await;
+    .catch_unwind();
+    let ended_elsewhere = async {
+        match shared.store.wait(op).await {
+            Ok(Some(status)) if status.is_ended() => status,
+            // A store that cannot tell: keep running the handler.
+            _ => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        biased;
+        outcome = handler => outcome,
+        status = ended_elsewhere => {
+            // The handler's future is dropped here: that is the cancellation.
+            tracing::info!(?status, "async-op: operation ended elsewhere; handler dropped");
+            drop(req);
+            if let Some(target) = running.callback {
+                Callbacks::deliver(Arc::clone(shared), op, target, running.retention, running.sub);
+            }
+            return;
+        }
+    };
     let outcome = match outcome {
         Ok(Ok(response)) => {
             tracing::info!(
@@ -173,7 +249,14 @@ async fn run<F>(
             );
             Outcome::Finished(response)
         }
-        Ok(Err(error)) => {
+        Ok(Err(CollectError::TooLarge)) => {
+            tracing::error!(
+                max_bytes,
+                "async-op: the handler's response is too large to keep"
+            );
+            Outcome::Failed(FailureKind::ResultTooLarge)
+        }
+        Ok(Err(CollectError::Body(error))) => {
             tracing::error!(%error, "async-op: the handler's response body failed");
             Outcome::Failed(FailureKind::ResponseBody)
         }
@@ -187,9 +270,15 @@ async fn run<F>(
             Outcome::Failed(FailureKind::Panicked)
         }
     };
-    finish(&ops.shared, op, outcome, retention).await;
-    if let Some(target) = callback {
-        Callbacks::deliver(Arc::clone(&ops.shared), op, target, retention);
+    finish(shared, op, outcome, running.retention).await;
+    if let Some(target) = running.callback {
+        Callbacks::deliver(
+            Arc::clone(shared),
+            op,
+            target,
+            running.retention,
+            running.sub,
+        );
     }
 }
 

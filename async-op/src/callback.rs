@@ -318,6 +318,7 @@ impl Callbacks {
         op: OperationId,
         target: CallbackTarget,
         retention: u32,
+        sub: Option<String>,
     ) {
         actix_rt::spawn(async move {
             let in_flight = Arc::clone(&shared.callbacks.in_flight);
@@ -325,7 +326,7 @@ impl Callbacks {
             let Ok(_slot) = in_flight.acquire_owned().await else {
                 return;
             };
-            deliver(&shared, op, &target, retention).await;
+            deliver(&shared, op, &target, retention, sub).await;
         });
     }
 }
@@ -339,7 +340,13 @@ enum AttemptFailed {
     Stop,
 }
 
-async fn deliver(shared: &Shared, op: OperationId, target: &CallbackTarget, retention: u32) {
+async fn deliver(
+    shared: &Shared,
+    op: OperationId,
+    target: &CallbackTarget,
+    retention: u32,
+    sub: Option<String>,
+) {
     let config = &shared.callbacks.config;
     let now = unix_now();
     let exp = now + u64::from(retention);
@@ -350,6 +357,7 @@ async fn deliver(shared: &Shared, op: OperationId, target: &CallbackTarget, rete
         nbf: now,
         exp,
         hold: false,
+        sub,
     };
     let Ok(token) = shared.codec.sign(&state) else {
         tracing::error!("async-op: cannot sign the callback's state");

@@ -12,6 +12,8 @@
 //! | `ASYNC_OP_LONG_POLL` | [`long_poll`](AsyncOpsBuilder::long_poll) | `20` | seconds a poll of a running operation is held (0: off; at most 30) |
 //! | `ASYNC_OP_EARLY_POLL` | [`early_poll`](AsyncOpsBuilder::early_poll) | `reject` | `reject` (503 + `Retry-After`) or `hold` (held until `nbf`) |
 //! | `ASYNC_OP_MAX_WAIT` | [`max_wait`](AsyncOpsBuilder::max_wait) | `30` | the cap on `Prefer: wait=N` at begin, in seconds (at most 30) |
+//! | `ASYNC_OP_MAX_PENDING` | [`max_pending`](AsyncOpsBuilder::max_pending) | `10000` | operations running on this instance at most; more begins get 503 |
+//! | `ASYNC_OP_MAX_RESULT_BYTES` | [`max_result_bytes`](AsyncOpsBuilder::max_result_bytes) | `16777216` | the largest response body kept; a larger one fails the operation |
 //! | `ASYNC_OP_CALLBACK_ALLOW` | [`callback_allow_hosts`](AsyncOpsBuilder::callback_allow_hosts) | none: callbacks off | comma-separated callback hosts (`client.example`, `*.hooks.example`) |
 //! | `ASYNC_OP_CALLBACK_ALLOW_NETWORKS` | [`callback_allow_networks`](AsyncOpsBuilder::callback_allow_networks) | none | comma-separated networks a callback may reach although internal (`10.0.0.0/8`, `127.0.0.1/32`) |
 //! | `ASYNC_OP_CALLBACK_SECRET` | [`callback_signing_secret`](AsyncOpsBuilder::callback_signing_secret) | none: unsigned | Standard Webhooks secret (`whsec_` + base64, at least 24 bytes) |
@@ -21,13 +23,21 @@
 //! Durations in the environment are whole seconds (`90`) or a number with a
 //! unit: `s`, `m`, `h` or `d` (`90s`, `15m`, `1h`, `7d`).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use crate::{
     callback::{CallbackConfig, Callbacks, parse_signing_secret},
-    error::ConfigError,
+    error::{ConfigError, ProtocolError},
     hold::Lifecycle,
+    poll::Cancellation,
     state::StateCodec,
+    store::OperationId,
     store::{MemoryStore, OperationStore},
 };
 
@@ -44,6 +54,10 @@ pub const MAX_RETENTION: u32 = 30 * 24 * 3600;
 /// The default long-poll hold limit in seconds: well under the 30 to 60 s
 /// after which proxies and load balancers commonly cut an idle request.
 pub const DEFAULT_LONG_POLL: u32 = 20;
+/// The default limit of operations running on one instance.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+/// The default limit of a kept response body (16 MiB).
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
 /// The longest a request is ever held (RFC 6202's advice, and the seed's).
 pub const MAX_HOLD: u32 = 30;
 
@@ -103,7 +117,15 @@ pub(crate) struct Shared {
     pub(crate) max_wait: u32,
     pub(crate) lifecycle: Lifecycle,
     pub(crate) callbacks: Callbacks,
+    pub(crate) client_identity: Option<ClientIdentity>,
+    pub(crate) max_pending: usize,
+    pub(crate) max_result_bytes: usize,
+    pub(crate) pending: AtomicUsize,
 }
+
+/// Tells who the client of a request is (for example the subject of its
+/// `Authorization`), for client binding; `None` for an anonymous request.
+pub type ClientIdentity = Arc<dyn Fn(&actix_web::HttpRequest) -> Option<String> + Send + Sync>;
 
 impl std::fmt::Debug for AsyncOps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,6 +195,17 @@ impl AsyncOps {
         self.shared.lifecycle.is_shutting_down()
     }
 
+    /// Operations running on this instance now.
+    pub fn pending_operations(&self) -> usize {
+        self.shared.pending.load(Ordering::Relaxed)
+    }
+
+    /// Cancels an operation, as `DELETE <poll path>?<state>` does: with a
+    /// shared store, on whichever instance runs it.
+    pub async fn cancel(&self, op: OperationId) -> Result<Cancellation, ProtocolError> {
+        crate::poll::cancel_operation(&self.shared, op).await
+    }
+
     /// What callback delivery has done since the server started.
     pub fn callback_stats(&self) -> crate::callback::CallbackStats {
         self.shared.callbacks.stats()
@@ -199,6 +232,9 @@ pub struct AsyncOpsBuilder {
     callbacks: CallbackConfig,
     callback_networks: Vec<String>,
     callback_secret: Option<String>,
+    client_identity: Option<ClientIdentity>,
+    max_pending: usize,
+    max_result_bytes: usize,
     store: Option<Arc<dyn OperationStore>>,
 }
 
@@ -217,6 +253,9 @@ impl Default for AsyncOpsBuilder {
             callbacks: CallbackConfig::default(),
             callback_networks: Vec::new(),
             callback_secret: None,
+            client_identity: None,
+            max_pending: DEFAULT_MAX_PENDING,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             store: None,
         }
     }
@@ -272,6 +311,17 @@ pub fn parse_duration_secs(text: &str) -> Option<u64> {
         _ => return None,
     };
     number.checked_mul(unit)
+}
+
+fn parse_count(name: &'static str, value: String) -> Result<usize, ConfigError> {
+    match value.trim().parse::<usize>() {
+        Ok(count) if count > 0 => Ok(count),
+        _ => Err(ConfigError::InvalidEnv {
+            name,
+            value,
+            reason: "expected a positive whole number".into(),
+        }),
+    }
 }
 
 fn split_list(text: &str) -> Vec<String> {
@@ -342,6 +392,12 @@ impl AsyncOpsBuilder {
         }
         if let Some(seconds) = env_seconds("ASYNC_OP_MAX_WAIT", MAX_HOLD)? {
             builder.max_wait = seconds;
+        }
+        if let Some(value) = env_var("ASYNC_OP_MAX_PENDING")? {
+            builder.max_pending = parse_count("ASYNC_OP_MAX_PENDING", value)?;
+        }
+        if let Some(value) = env_var("ASYNC_OP_MAX_RESULT_BYTES")? {
+            builder.max_result_bytes = parse_count("ASYNC_OP_MAX_RESULT_BYTES", value)?;
         }
         if let Some(hosts) = env_var("ASYNC_OP_CALLBACK_ALLOW")? {
             builder.callbacks.allowed_hosts = split_list(&hosts);
@@ -511,6 +567,34 @@ impl AsyncOpsBuilder {
         self
     }
 
+    /// Binds operations to clients: `identify` tells who the client of a
+    /// request is (for example the subject of its `Authorization`). The
+    /// identity at begin goes into the state as `sub`, and a poll, fetch or
+    /// cancel by another identity (or none) gets `403` and learns nothing
+    /// else. `Idempotency-Key`s are scoped to the identity too.
+    pub fn client_identity(
+        mut self,
+        identify: impl Fn(&actix_web::HttpRequest) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.client_identity = Some(Arc::new(identify));
+        self
+    }
+
+    /// Operations running on this instance at most (default 10,000); a
+    /// begin beyond it gets `503` + `Retry-After` and starts nothing.
+    pub fn max_pending(mut self, operations: usize) -> Self {
+        self.max_pending = operations.max(1);
+        self
+    }
+
+    /// The largest response body kept (default 16 MiB). A handler whose
+    /// response is larger fails its operation (`result-too-large`) instead
+    /// of filling the memory.
+    pub fn max_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_result_bytes = bytes.max(1);
+        self
+    }
+
     /// The operation store (default: a new [`MemoryStore`]).
     pub fn store(mut self, store: impl OperationStore) -> Self {
         self.store = Some(Arc::new(store));
@@ -582,6 +666,10 @@ impl AsyncOpsBuilder {
                 max_wait: self.max_wait,
                 lifecycle: Lifecycle::default(),
                 callbacks: Callbacks::new(callbacks),
+                client_identity: self.client_identity,
+                max_pending: self.max_pending,
+                max_result_bytes: self.max_result_bytes,
+                pending: AtomicUsize::new(0),
             }),
         })
     }

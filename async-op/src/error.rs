@@ -57,6 +57,21 @@ pub enum ProtocolError {
     #[error("the operation was cancelled")]
     OperationCancelled,
 
+    /// A cancel came after the operation had ended.
+    #[error("the operation has already ended; its result is kept until the state expires")]
+    OperationEnded,
+
+    /// With client binding: the state belongs to another client.
+    #[error("this operation belongs to another client")]
+    Forbidden,
+
+    /// Too many operations are pending on this server; nothing was started.
+    #[error("too many operations are pending on this server; try again in {retry_after} s")]
+    TooManyOperations {
+        /// Seconds after which to try again.
+        retry_after: u64,
+    },
+
     /// The operation store did not answer; the client may retry.
     #[error("the operation store is unavailable: {0}")]
     StoreUnavailable(#[from] StoreError),
@@ -77,8 +92,8 @@ pub enum ProtocolError {
     #[error("the server could not sign a new state")]
     SigningFailed,
 
-    /// A method other than `GET` or `HEAD` was used on the poll path.
-    #[error("the poll path answers GET and HEAD only")]
+    /// A method other than `GET`, `HEAD` or `DELETE` was used on the poll path.
+    #[error("the poll path answers GET, HEAD and DELETE only")]
     MethodNotAllowed,
 }
 
@@ -135,6 +150,9 @@ impl ProtocolError {
             Self::OperationFailed(FailureKind::Lost) => "urn:async-op:problem:operation-lost",
             Self::OperationFailed(_) => "urn:async-op:problem:operation-failed",
             Self::OperationCancelled => "urn:async-op:problem:operation-cancelled",
+            Self::OperationEnded => "urn:async-op:problem:operation-ended",
+            Self::Forbidden => "urn:async-op:problem:forbidden",
+            Self::TooManyOperations { .. } => "urn:async-op:problem:too-many-operations",
             Self::StoreUnavailable(_) => "urn:async-op:problem:store-unavailable",
             Self::MiddlewareMissing => "urn:async-op:problem:middleware-missing",
             Self::MethodNotAllowed => "urn:async-op:problem:method-not-allowed",
@@ -153,6 +171,9 @@ impl ProtocolError {
             Self::OperationFailed(FailureKind::Lost) => "Operation lost",
             Self::OperationFailed(_) => "Operation failed",
             Self::OperationCancelled => "Operation cancelled",
+            Self::OperationEnded => "Operation already ended",
+            Self::Forbidden => "Forbidden",
+            Self::TooManyOperations { .. } => "Too many operations",
             Self::StoreUnavailable(_) => "Operation store unavailable",
             Self::MiddlewareMissing => "async-op middleware missing",
             Self::MethodNotAllowed => "Method not allowed",
@@ -164,7 +185,9 @@ impl ProtocolError {
     /// Seconds for a `Retry-After` header, where this error has one.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::TooEarly { retry_after } => Some(*retry_after),
+            Self::TooEarly { retry_after } | Self::TooManyOperations { retry_after } => {
+                Some(*retry_after)
+            }
             Self::StoreUnavailable(_) => Some(1),
             _ => None,
         }
@@ -216,6 +239,9 @@ impl ResponseError for ProtocolError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::OperationEnded => StatusCode::CONFLICT,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::TooManyOperations { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -233,7 +259,7 @@ impl ResponseError for ProtocolError {
         }
         if let Self::MethodNotAllowed = self {
             res.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, DELETE"));
         }
         res
     }

@@ -53,7 +53,7 @@ pub mod config;
 pub mod error;
 mod hold;
 mod middleware;
-mod poll;
+pub mod poll;
 mod prefer;
 pub mod shutdown;
 pub mod state;
@@ -66,6 +66,7 @@ pub use crate::{
     config::{AsyncOps, AsyncOpsBuilder, EarlyPoll},
     error::{ConfigError, InvalidStateReason, ProtocolError},
     middleware::AsyncOpsMiddleware,
+    poll::Cancellation,
     store::{MemoryStore, OperationId, OperationStatus, OperationStore},
 };
 

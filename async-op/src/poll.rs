@@ -29,26 +29,105 @@ use crate::{
     error::ProtocolError,
     hold::Held,
     state::{State, unix_now},
-    store::{NewOperation, OperationId, OperationStatus},
+    store::{NewOperation, OperationId, OperationStatus, Outcome},
 };
 
 /// Answers a request to the poll path.
 pub(crate) async fn answer(shared: &Shared, req: &HttpRequest) -> HttpResponse {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    let cancel = req.method() == Method::DELETE;
+    if !cancel && req.method() != Method::GET && req.method() != Method::HEAD {
         return ProtocolError::MethodNotAllowed.error_response();
     }
     let now = unix_now();
     let result = match shared.codec.verify(req.query_string(), now) {
-        Ok(state) => {
-            let span = tracing::debug_span!("async_op.poll", op = %state.op, seq = state.seq);
-            poll(shared, state, now).instrument(span).await
-        }
+        Ok(state) => match check_client(shared, req, &state) {
+            Err(error) => Err(error),
+            Ok(()) if cancel => {
+                let span = tracing::info_span!("async_op.cancel", op = %state.op);
+                cancel_operation(shared, state.op)
+                    .instrument(span)
+                    .await
+                    .and_then(Cancellation::into_response)
+            }
+            Ok(()) => {
+                let span = tracing::debug_span!("async_op.poll", op = %state.op, seq = state.seq);
+                poll(shared, state, now).instrument(span).await
+            }
+        },
         Err(error) => Err(error),
     };
     result.unwrap_or_else(|error| {
         tracing::debug!(%error, "async-op: poll refused");
         error.error_response()
     })
+}
+
+/// With client binding, only the client that began the operation may poll,
+/// fetch or cancel it. Checked before anything is looked up, so another
+/// client learns nothing, not even whether the operation still runs.
+fn check_client(shared: &Shared, req: &HttpRequest, state: &State) -> Result<(), ProtocolError> {
+    let Some(owner) = &state.sub else {
+        return Ok(());
+    };
+    let identity = shared
+        .client_identity
+        .as_ref()
+        .and_then(|identify| identify(req));
+    if identity.as_deref() == Some(owner.as_str()) {
+        Ok(())
+    } else {
+        Err(ProtocolError::Forbidden)
+    }
+}
+
+/// What a cancellation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cancellation {
+    /// The operation was running and is now cancelled (or had been
+    /// cancelled before): its handler is dropped, polls get `410`.
+    Cancelled,
+    /// The operation had already ended; its result stays until retention ends.
+    AlreadyEnded,
+    /// No such operation.
+    NotFound,
+}
+
+impl Cancellation {
+    fn into_response(self) -> Result<HttpResponse, ProtocolError> {
+        match self {
+            Self::Cancelled => Ok(HttpResponse::NoContent().finish()),
+            Self::AlreadyEnded => Err(ProtocolError::OperationEnded),
+            Self::NotFound => Err(ProtocolError::OperationNotFound),
+        }
+    }
+}
+
+/// Cancels an operation: records the outcome `Cancelled` (first outcome
+/// stands, so a cancel racing the handler's end loses cleanly). The instance
+/// running the handler is woken by the store and drops its future.
+pub(crate) async fn cancel_operation(
+    shared: &Shared,
+    op: OperationId,
+) -> Result<Cancellation, ProtocolError> {
+    let retention = match shared.store.status(op).await? {
+        None => return Ok(Cancellation::NotFound),
+        Some(OperationStatus::Cancelled) => return Ok(Cancellation::Cancelled),
+        Some(OperationStatus::Running(running)) => running.retention,
+        Some(_) => return Ok(Cancellation::AlreadyEnded),
+    };
+    shared
+        .store
+        .finish(op, Outcome::Cancelled, retention)
+        .await?;
+    match shared.store.status(op).await? {
+        Some(OperationStatus::Cancelled) => {
+            tracing::info!("async-op: operation cancelled");
+            Ok(Cancellation::Cancelled)
+        }
+        Some(_) => Ok(Cancellation::AlreadyEnded),
+        None => Ok(Cancellation::NotFound),
+    }
 }
 
 /// The time left until `at` (seconds since the epoch), to the millisecond.
@@ -89,7 +168,13 @@ async fn poll(shared: &Shared, state: State, now: u64) -> Result<HttpResponse, P
         None => Err(ProtocolError::OperationNotFound),
         Some(OperationStatus::Running(running)) => {
             tracing::trace!("async-op: still running");
-            see_other(shared, state.op, state.seq + 1, &running)
+            see_other(
+                shared,
+                state.op,
+                state.seq + 1,
+                &running,
+                state.sub.as_deref(),
+            )
         }
         Some(ended) => ended_response(ended),
     }
@@ -119,8 +204,9 @@ pub(crate) fn see_other(
     op: OperationId,
     seq: u64,
     operation: &NewOperation,
+    sub: Option<&str>,
 ) -> Result<HttpResponse, ProtocolError> {
-    to_poll_uri(StatusCode::SEE_OTHER, shared, op, seq, operation)
+    to_poll_uri(StatusCode::SEE_OTHER, shared, op, seq, operation, sub)
 }
 
 /// A response of `status` that leads to a new poll URI for `op`: `303` on
@@ -131,8 +217,9 @@ pub(crate) fn to_poll_uri(
     op: OperationId,
     seq: u64,
     operation: &NewOperation,
+    sub: Option<&str>,
 ) -> Result<HttpResponse, ProtocolError> {
-    let location = poll_uri(shared, op, seq, operation)?;
+    let location = poll_uri(shared, op, seq, operation, sub)?;
     let mut res = HttpResponse::new(status);
     let headers = res.headers_mut();
     headers.insert(header::LOCATION, location);
@@ -150,6 +237,7 @@ pub(crate) fn poll_uri(
     op: OperationId,
     seq: u64,
     operation: &NewOperation,
+    sub: Option<&str>,
 ) -> Result<HeaderValue, ProtocolError> {
     let now = unix_now();
     let token = shared
@@ -161,6 +249,7 @@ pub(crate) fn poll_uri(
             nbf: now + u64::from(operation.retry_after),
             exp: now + u64::from(operation.retention),
             hold: operation.hold_early,
+            sub: sub.map(str::to_owned),
         })
         .map_err(|error| {
             tracing::error!(%error, "async-op: cannot sign a state");

@@ -12,6 +12,7 @@
 //! | `exp` | the end of retention: the result is not kept after it |
 //! | `aud` | the audience, so states of other systems signed with the same key are refused |
 //! | `hold` | present (`true`) only when an early follow is held rather than refused |
+//! | `sub` | present only with client binding: the identity of the client that began the operation |
 //!
 //! and the header carries `alg`, `typ: JWT` and `kid`, the id of the key that
 //! signed it. It never carries the request, the result or anything secret.
@@ -59,7 +60,7 @@ pub(crate) fn unix_now() -> u64 {
 
 /// The content of a state: what [`StateCodec::sign`] signs and
 /// [`StateCodec::verify`] returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct State {
     /// The operation this state is for.
     pub op: OperationId,
@@ -75,6 +76,10 @@ pub struct State {
     /// rather than refused with 503.
     #[serde(default)]
     pub hold: bool,
+    /// The identity of the client that began the operation, with client
+    /// binding; only that client may poll, fetch or cancel.
+    #[serde(default)]
+    pub sub: Option<String>,
 }
 
 /// The claims as they are signed.
@@ -88,6 +93,8 @@ struct SignedClaims<'a> {
     aud: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     hold: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<&'a str>,
 }
 
 /// One verification key.
@@ -190,6 +197,7 @@ impl StateCodec {
             exp: state.exp,
             aud: &self.audience,
             hold: state.hold,
+            sub: state.sub.as_deref(),
         };
         jsonwebtoken::encode(&self.header, &claims, &self.signing_key)
     }
@@ -251,6 +259,7 @@ mod tests {
             iat: now,
             exp: now + 60,
             hold: false,
+            sub: None,
         }
     }
 
@@ -267,6 +276,7 @@ mod tests {
                 iat: now,
                 exp: now + 60,
                 hold,
+                sub: hold.then(|| "client-7".to_owned()),
             };
             let token = codec.sign(&state).unwrap();
             assert_eq!(codec.verify(&token, now).unwrap(), state);

@@ -73,6 +73,13 @@ async fn echo_hold(body: web::Json<Value>) -> web::Json<Value> {
     body
 }
 
+/// Answers with a body of `?bytes=N` bytes.
+#[async_operation(post, "/sized", retry_after = 1)]
+async fn sized(query: web::Query<std::collections::HashMap<String, usize>>) -> HttpResponse {
+    let bytes = query.get("bytes").copied().unwrap_or(0);
+    HttpResponse::Ok().body(vec![b'x'; bytes])
+}
+
 /// Panics.
 #[async_operation(post, "/panics", retry_after = 1)]
 async fn panics() -> HttpResponse {
@@ -91,6 +98,7 @@ pub fn test_app(config: &mut web::ServiceConfig) {
         .service(gated)
         .service(gated_short_hold)
         .service(echo_hold)
+        .service(sized)
         .service(panics)
         .service(echo)
         .configure(async_op_examples::reports::configure);

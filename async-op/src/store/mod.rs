@@ -11,6 +11,8 @@
 //! poll path) or a boxed future (for stores that do I/O).
 
 mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::{
     fmt,
@@ -33,6 +35,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 
 /// The identity of one operation: 128 random bits.
 ///
@@ -145,12 +149,18 @@ fn is_framing_header(name: &HeaderName) -> bool {
 }
 
 impl StoredResponse {
-    /// Collects a response's head and whole body.
-    pub async fn collect<B: MessageBody>(
+    /// Collects a response's head and whole body, refusing a body of more
+    /// than `max_bytes` (without reading more of it than that).
+    pub async fn collect_limited<B: MessageBody>(
         res: HttpResponse<B>,
-    ) -> Result<Self, Box<dyn std::error::Error>> {
+        max_bytes: usize,
+    ) -> Result<Self, CollectError> {
         let (res, body) = res.into_parts();
-        let body = actix_web::body::to_bytes(body).await.map_err(Into::into)?;
+        let body = match actix_web::body::to_bytes_limited(body, max_bytes).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(error)) => return Err(CollectError::Body(error.into().to_string())),
+            Err(_) => return Err(CollectError::TooLarge),
+        };
         Ok(Self::from_parts(res.status(), res.headers(), body))
     }
 
@@ -180,6 +190,18 @@ impl StoredResponse {
     }
 }
 
+/// Why a response could not be kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectError {
+    /// The body is larger than the limit.
+    #[error("the response body is larger than the limit")]
+    TooLarge,
+    /// The body failed while it was read.
+    #[error("the response body failed: {0}")]
+    Body(String),
+}
+
 /// Why an operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -191,6 +213,8 @@ pub enum FailureKind {
     ResponseBody,
     /// The instance that ran the operation went away before it ended.
     Lost,
+    /// The handler's response was larger than the configured limit.
+    ResultTooLarge,
 }
 
 impl fmt::Display for FailureKind {
@@ -199,6 +223,7 @@ impl fmt::Display for FailureKind {
             Self::Panicked => "the handler panicked",
             Self::ResponseBody => "the handler's response body could not be read",
             Self::Lost => "the operation was lost: the server running it went away",
+            Self::ResultTooLarge => "the handler's response is larger than this server keeps",
         })
     }
 }
