@@ -24,9 +24,13 @@ use crate::{
     config::{AsyncOps, EarlyPoll, MAX_HOLD, Shared},
     error::ProtocolError,
     hold::Held,
+    idempotency::RequestKey,
     poll::{ended_response, see_other, to_poll_uri},
     prefer::Preferences,
-    store::{CollectError, FailureKind, NewOperation, OperationId, Outcome, StoredResponse},
+    store::{
+        ClaimOutcome, CollectError, FailureKind, IdempotencyClaim, NewOperation, OperationId,
+        Outcome, StoredResponse,
+    },
 };
 
 /// Per-operation settings, written by the macro from its arguments. A field
@@ -121,6 +125,42 @@ where
         .filter(|_| callback.is_none())
         .map(|wait| wait.min(shared.max_wait));
     let op = OperationId::random();
+    let request_key = req.extensions().get::<RequestKey>().cloned();
+    if let Some(request_key) = request_key {
+        // Scoped to the client identity, so that two clients' keys never meet.
+        let key = match &sub {
+            Some(identity) => format!("{identity}\n{}", request_key.key),
+            None => request_key.key,
+        };
+        let claim = IdempotencyClaim {
+            key,
+            fingerprint: request_key.fingerprint,
+            id: op,
+            ttl: operation.retention,
+        };
+        match shared.store.claim_idempotency_key(&claim).await {
+            Ok(ClaimOutcome::Claimed) => {}
+            Ok(ClaimOutcome::Existing {
+                same_request: false,
+                ..
+            }) => return vary_prefer(ProtocolError::IdempotencyKeyReused.error_response()),
+            Ok(ClaimOutcome::Existing { id, .. }) => {
+                tracing::info!(op = %id, handler = settings.name, "async-op: repeated begin; the existing operation answers");
+                let status = if callback.is_some() {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::SEE_OTHER
+                };
+                let res = to_poll_uri(status, shared, id, 1, &operation, sub.as_deref())
+                    .unwrap_or_else(|error| error.error_response());
+                return vary_prefer(res);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "async-op: cannot claim the idempotency key");
+                return vary_prefer(ProtocolError::from(error).error_response());
+            }
+        }
+    }
     let span = tracing::info_span!("async_op.operation", op = %op, handler = settings.name);
     if let Err(error) = shared.store.create(op, operation).await {
         tracing::warn!(parent: &span, %error, "async-op: cannot register the operation");

@@ -65,6 +65,25 @@ pub enum ProtocolError {
     #[error("this operation belongs to another client")]
     Forbidden,
 
+    /// The `Idempotency-Key` header is not a string of 1 to 255 visible
+    /// characters.
+    #[error("the Idempotency-Key header must be a string of 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+
+    /// The `Idempotency-Key` was used before for another request.
+    #[error(
+        "this Idempotency-Key was used for another request (method, target, content type or body differ)"
+    )]
+    IdempotencyKeyReused,
+
+    /// A begin with an `Idempotency-Key` has a body too large to fingerprint.
+    #[error("the request body is too large for an idempotent begin")]
+    RequestTooLarge,
+
+    /// The begin request's body could not be read.
+    #[error("the request body could not be read")]
+    RequestBodyUnreadable,
+
     /// Too many operations are pending on this server; nothing was started.
     #[error("too many operations are pending on this server; try again in {retry_after} s")]
     TooManyOperations {
@@ -152,6 +171,10 @@ impl ProtocolError {
             Self::OperationCancelled => "urn:async-op:problem:operation-cancelled",
             Self::OperationEnded => "urn:async-op:problem:operation-ended",
             Self::Forbidden => "urn:async-op:problem:forbidden",
+            Self::InvalidIdempotencyKey => "urn:async-op:problem:invalid-idempotency-key",
+            Self::IdempotencyKeyReused => "urn:async-op:problem:idempotency-key-reused",
+            Self::RequestTooLarge => "urn:async-op:problem:request-too-large",
+            Self::RequestBodyUnreadable => "urn:async-op:problem:request-body-unreadable",
             Self::TooManyOperations { .. } => "urn:async-op:problem:too-many-operations",
             Self::StoreUnavailable(_) => "urn:async-op:problem:store-unavailable",
             Self::MiddlewareMissing => "urn:async-op:problem:middleware-missing",
@@ -173,6 +196,10 @@ impl ProtocolError {
             Self::OperationCancelled => "Operation cancelled",
             Self::OperationEnded => "Operation already ended",
             Self::Forbidden => "Forbidden",
+            Self::InvalidIdempotencyKey => "Invalid Idempotency-Key",
+            Self::IdempotencyKeyReused => "Idempotency-Key reused",
+            Self::RequestTooLarge => "Request too large",
+            Self::RequestBodyUnreadable => "Request body unreadable",
             Self::TooManyOperations { .. } => "Too many operations",
             Self::StoreUnavailable(_) => "Operation store unavailable",
             Self::MiddlewareMissing => "async-op middleware missing",
@@ -241,6 +268,9 @@ impl ResponseError for ProtocolError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::OperationEnded => StatusCode::CONFLICT,
             Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::InvalidIdempotencyKey | Self::RequestBodyUnreadable => StatusCode::BAD_REQUEST,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyOperations { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -52,6 +52,7 @@ pub mod callback;
 pub mod config;
 pub mod error;
 mod hold;
+pub mod idempotency;
 mod middleware;
 pub mod poll;
 mod prefer;

@@ -2,10 +2,13 @@
 //! begin endpoints that [`#[async_operation]`](crate::async_operation)
 //! generates.
 
-use std::future::{Ready, ready};
+use std::{
+    future::{Ready, ready},
+    rc::Rc,
+};
 
 use actix_web::{
-    Error, HttpMessage as _,
+    Error, HttpMessage as _, ResponseError as _,
     body::{EitherBody, MessageBody},
     dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready},
 };
@@ -14,13 +17,17 @@ use futures_util::{
     future::{Either, LocalBoxFuture, MapOk},
 };
 
-use crate::{config::AsyncOps, poll};
+use crate::{
+    config::AsyncOps,
+    idempotency::{self, IDEMPOTENCY_KEY},
+    poll,
+};
 
 impl<S, B> Transform<S, ServiceRequest> for AsyncOps
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     S::Future: 'static,
-    B: MessageBody,
+    B: MessageBody + 'static,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
@@ -30,7 +37,7 @@ where
 
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(AsyncOpsMiddleware {
-            service,
+            service: Rc::new(service),
             ops: self.clone(),
         }))
     }
@@ -38,7 +45,7 @@ where
 
 /// The service [`AsyncOps`] wraps around an app.
 pub struct AsyncOpsMiddleware<S> {
-    service: S,
+    service: Rc<S>,
     ops: AsyncOps,
 }
 
@@ -46,9 +53,9 @@ type PassThrough<B, F> = MapOk<F, fn(ServiceResponse<B>) -> ServiceResponse<Eith
 
 impl<S, B> Service<ServiceRequest> for AsyncOpsMiddleware<S>
 where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     S::Future: 'static,
-    B: MessageBody,
+    B: MessageBody + 'static,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
@@ -71,6 +78,18 @@ where
         req.extensions_mut().insert(self.ops.clone());
         let left: fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> =
             ServiceResponse::map_into_left_body;
+        if req.headers().contains_key(IDEMPOTENCY_KEY) {
+            // Its body is read and fingerprinted before the extractors run.
+            let service = Rc::clone(&self.service);
+            return Either::Left(Box::pin(async move {
+                let mut req = req;
+                if let Err(error) = idempotency::prepare(&mut req).await {
+                    let res = error.error_response();
+                    return Ok(req.into_response(res).map_into_right_body());
+                }
+                service.call(req).await.map(left)
+            }));
+        }
         Either::Right(self.service.call(req).map_ok(left))
     }
 }

@@ -73,6 +73,23 @@ async fn echo_hold(body: web::Json<Value>) -> web::Json<Value> {
     body
 }
 
+/// Counts the handler runs of `/counted`.
+#[derive(Clone, Default)]
+pub struct Runs(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Runs {
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Counts its runs, then answers with the JSON it was given.
+#[async_operation(post, "/counted", retry_after = 1)]
+async fn counted(runs: web::Data<Runs>, body: web::Json<Value>) -> web::Json<Value> {
+    runs.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    body
+}
+
 /// Answers with a body of `?bytes=N` bytes.
 #[async_operation(post, "/sized", retry_after = 1)]
 async fn sized(query: web::Query<std::collections::HashMap<String, usize>>) -> HttpResponse {
@@ -99,6 +116,7 @@ pub fn test_app(config: &mut web::ServiceConfig) {
         .service(gated_short_hold)
         .service(echo_hold)
         .service(sized)
+        .service(counted)
         .service(panics)
         .service(echo)
         .configure(async_op_examples::reports::configure);
@@ -110,6 +128,7 @@ pub struct TestServer {
     pub ops: AsyncOps,
     pub store: MemoryStore,
     pub gate: Gate,
+    pub runs: Runs,
     handle: ServerHandle,
 }
 
@@ -124,15 +143,18 @@ impl TestServer {
     pub async fn start_with(builder: AsyncOpsBuilder, store: MemoryStore) -> Self {
         let ops = builder.build().expect("test configuration");
         let gate = Gate::default();
+        let runs = Runs::default();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = HttpServer::new({
             let ops = ops.clone();
             let gate = gate.clone();
+            let runs = runs.clone();
             move || {
                 App::new()
                     .wrap(ops.clone())
                     .app_data(web::Data::new(gate.clone()))
+                    .app_data(web::Data::new(runs.clone()))
                     .configure(test_app)
             }
         })
@@ -148,6 +170,7 @@ impl TestServer {
             ops,
             store,
             gate,
+            runs,
             handle,
         }
     }
