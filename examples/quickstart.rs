@@ -11,7 +11,8 @@
 //! random secret for this run, and says so. Its one default of its own is
 //! the early-poll policy `hold` (`ASYNC_OP_EARLY_POLL=reject` restores the
 //! library's default), so that browsers and `curl -L`, which follow a 303 at
-//! once, work too. Open <http://127.0.0.1:8080/> for a page that uses it.
+//! once, work too. Open <http://127.0.0.1:8080/> for a page that uses it;
+//! `GET /metrics` serves the library's metrics in Prometheus' text format.
 
 use actix_web::{App, HttpServer, middleware::Logger};
 use async_op::{AsyncOps, EarlyPoll};
@@ -50,6 +51,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let ops = configuration()?;
+    let metrics = async_op_examples::prometheus::install()?;
     let bind = std::env::var("ASYNC_OP_BIND").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let server = HttpServer::new({
         let ops = ops.clone();
@@ -58,6 +60,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
                 .wrap(ops.clone())
                 .wrap(Logger::default())
                 .configure(async_op_examples::reports::configure)
+                .configure(async_op_examples::prometheus::configure(metrics.clone()))
         }
     })
     // async-op handles SIGINT and SIGTERM, releasing held polls first.
@@ -65,7 +68,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     .bind(&bind)
     .map_err(|error| format!("cannot listen on {bind}: {error}"))?;
     for addr in server.addrs() {
-        println!("quickstart listening on http://{addr} (POST /reports, GET /)");
+        println!("quickstart listening on http://{addr} (POST /reports, GET /, GET /metrics)");
     }
     let server = server.run();
     actix_rt::spawn(async_op::shutdown::stop_on_signal(ops, server.handle()));

@@ -25,6 +25,7 @@ use crate::{
     error::ProtocolError,
     hold::Held,
     idempotency::RequestKey,
+    metrics,
     poll::{ended_response, see_other, to_poll_uri},
     prefer::Preferences,
     store::{
@@ -88,10 +89,9 @@ where
             "async-op: too many pending operations"
         );
         let retry_after = settings.retry_after.unwrap_or(shared.retry_after).max(1);
-        return ProtocolError::TooManyOperations {
+        return refused(ProtocolError::TooManyOperations {
             retry_after: retry_after.into(),
-        }
-        .error_response();
+        });
     };
     let sub = shared
         .client_identity
@@ -108,7 +108,7 @@ where
             Ok(target) => Some(target),
             Err(error) => {
                 tracing::info!(%error, handler = settings.name, "async-op: callback refused");
-                return vary_prefer(error.error_response());
+                return vary_prefer(refused(error));
             }
         },
         None => None,
@@ -143,9 +143,10 @@ where
             Ok(ClaimOutcome::Existing {
                 same_request: false,
                 ..
-            }) => return vary_prefer(ProtocolError::IdempotencyKeyReused.error_response()),
+            }) => return vary_prefer(refused(ProtocolError::IdempotencyKeyReused)),
             Ok(ClaimOutcome::Existing { id, .. }) => {
                 tracing::info!(op = %id, handler = settings.name, "async-op: repeated begin; the existing operation answers");
+                metrics::begin_repeated();
                 let status = if callback.is_some() {
                     StatusCode::ACCEPTED
                 } else {
@@ -157,16 +158,17 @@ where
             }
             Err(error) => {
                 tracing::warn!(%error, "async-op: cannot claim the idempotency key");
-                return vary_prefer(ProtocolError::from(error).error_response());
+                return vary_prefer(refused(ProtocolError::from(error)));
             }
         }
     }
     let span = tracing::info_span!("async_op.operation", op = %op, handler = settings.name);
     if let Err(error) = shared.store.create(op, operation).await {
         tracing::warn!(parent: &span, %error, "async-op: cannot register the operation");
-        return ProtocolError::from(error).error_response();
+        return refused(ProtocolError::from(error));
     }
     tracing::info!(parent: &span, "async-op: operation begun");
+    metrics::begun(settings.name);
     let accepted = callback.is_some();
     let running = Running {
         ops: ops.clone(),
@@ -206,6 +208,12 @@ where
     vary_prefer(res)
 }
 
+/// The answer to a begin that starts nothing.
+fn refused(error: ProtocolError) -> HttpResponse {
+    metrics::begin_refused(&error);
+    error.error_response()
+}
+
 /// Marks a begin answer as depending on `Prefer` (RFC 7240, section 2).
 fn vary_prefer(mut res: HttpResponse) -> HttpResponse {
     res.headers_mut()
@@ -226,6 +234,7 @@ impl PendingGuard {
             shared.pending.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        metrics::pending(1.0);
         Some(Self(Arc::clone(shared)))
     }
 }
@@ -233,6 +242,7 @@ impl PendingGuard {
 impl Drop for PendingGuard {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        metrics::pending(-1.0);
     }
 }
 
@@ -274,6 +284,7 @@ where
         status = ended_elsewhere => {
             // The handler's future is dropped here: that is the cancellation.
             tracing::info!(?status, "async-op: operation ended elsewhere; handler dropped");
+            metrics::completed("cancelled");
             drop(req);
             if let Some(target) = running.callback {
                 Callbacks::deliver(Arc::clone(shared), op, target, running.retention, running.sub);
@@ -310,6 +321,11 @@ where
             Outcome::Failed(FailureKind::Panicked)
         }
     };
+    metrics::completed(match outcome {
+        Outcome::Finished(_) => "finished",
+        Outcome::Failed(_) => "failed",
+        Outcome::Cancelled => "cancelled",
+    });
     finish(shared, op, outcome, running.retention).await;
     if let Some(target) = running.callback {
         Callbacks::deliver(

@@ -63,6 +63,7 @@ use url::Url;
 use crate::{
     config::Shared,
     error::{ConfigError, ProtocolError},
+    metrics,
     state::{State, unix_now},
     store::OperationId,
 };
@@ -383,15 +384,18 @@ async fn deliver(
     let mut backoff = config.first_backoff;
     for attempt in 1..=config.max_attempts {
         counters.attempts.fetch_add(1, Ordering::Relaxed);
+        metrics::callback_attempt();
         match attempt_once(&client, &url, &delivery_id, config).await {
             Ok(()) => {
                 tracing::info!(attempt, delivery = %delivery_id, "async-op: callback delivered");
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
+                metrics::callback_done("delivered");
                 return;
             }
             Err(AttemptFailed::Stop) => {
                 tracing::warn!(attempt, delivery = %delivery_id, "async-op: callback refused; not retried");
                 counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                metrics::callback_done("abandoned");
                 return;
             }
             Err(AttemptFailed::Retry(asked)) => {
@@ -403,6 +407,7 @@ async fn deliver(
                 }
                 tracing::info!(attempt, ?delay, delivery = %delivery_id, "async-op: callback failed; retrying");
                 counters.retries.fetch_add(1, Ordering::Relaxed);
+                metrics::callback_retry();
                 tokio::time::sleep(delay).await;
                 backoff = (backoff * 2).min(config.max_backoff);
             }
@@ -410,6 +415,7 @@ async fn deliver(
     }
     tracing::warn!(delivery = %delivery_id, "async-op: callback not delivered; giving up");
     counters.abandoned.fetch_add(1, Ordering::Relaxed);
+    metrics::callback_done("abandoned");
 }
 
 async fn attempt_once(

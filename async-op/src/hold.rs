@@ -35,6 +35,7 @@ struct HeldGuard<'a>(&'a AtomicUsize);
 impl Drop for HeldGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::held(-1.0);
     }
 }
 
@@ -65,6 +66,7 @@ impl Lifecycle {
             return Held::ShuttingDown;
         }
         self.held.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::held(1.0);
         let _guard = HeldGuard(&self.held);
         tokio::select! {
             biased;

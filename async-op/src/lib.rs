@@ -49,10 +49,12 @@
 
 mod begin;
 pub mod callback;
+pub mod client;
 pub mod config;
 pub mod error;
 mod hold;
 pub mod idempotency;
+pub mod metrics;
 mod middleware;
 pub mod poll;
 mod prefer;

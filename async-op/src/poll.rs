@@ -28,6 +28,7 @@ use crate::{
     config::Shared,
     error::ProtocolError,
     hold::Held,
+    metrics,
     state::{State, unix_now},
     store::{NewOperation, OperationId, OperationStatus, Outcome},
 };
@@ -56,10 +57,21 @@ pub(crate) async fn answer(shared: &Shared, req: &HttpRequest) -> HttpResponse {
         },
         Err(error) => Err(error),
     };
-    result.unwrap_or_else(|error| {
-        tracing::debug!(%error, "async-op: poll refused");
-        error.error_response()
-    })
+    match result {
+        Ok(res) => {
+            metrics::polled(match res.status() {
+                StatusCode::SEE_OTHER => "see-other",
+                StatusCode::NO_CONTENT if cancel => "cancelled-now",
+                _ => "result",
+            });
+            res
+        }
+        Err(error) => {
+            tracing::debug!(%error, "async-op: poll refused");
+            metrics::polled(metrics::problem_name(&error));
+            error.error_response()
+        }
+    }
 }
 
 /// With client binding, only the client that began the operation may poll,
@@ -131,9 +143,14 @@ pub(crate) async fn cancel_operation(
 }
 
 /// The time left until `at` (seconds since the epoch), to the millisecond.
+/// A time past what `SystemTime` holds (only a state signed with absurd
+/// claims has one) is as far away as a wait can be, not a panic.
 fn until(at: u64) -> Duration {
-    let at = UNIX_EPOCH + Duration::from_secs(at);
-    at.duration_since(SystemTime::now()).unwrap_or_default()
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(at))
+        .map_or(Duration::MAX, |at| {
+            at.duration_since(SystemTime::now()).unwrap_or_default()
+        })
 }
 
 async fn poll(shared: &Shared, state: State, now: u64) -> Result<HttpResponse, ProtocolError> {
@@ -171,7 +188,8 @@ async fn poll(shared: &Shared, state: State, now: u64) -> Result<HttpResponse, P
             see_other(
                 shared,
                 state.op,
-                state.seq + 1,
+                // Saturating: a state at `u64::MAX` is answered, not a panic.
+                state.seq.saturating_add(1),
                 &running,
                 state.sub.as_deref(),
             )

@@ -99,6 +99,20 @@ async fn the_environment_configures_the_middleware() {
     assert_eq!(res.headers()["retry-after"], "1");
     let location = res.headers()["location"].to_str().unwrap();
     assert!(location.starts_with("/ops?"), "{location}");
+    // The begin shows in the Prometheus metrics.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"async_op_begins_total{handler="create_report"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("async_op_pending_operations"), "{metrics}");
     child.kill().await.unwrap();
 }
 
