@@ -207,7 +207,7 @@ async fn other_methods_on_the_poll_path_are_405() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.headers()[header::ALLOW], "GET, HEAD");
+    assert_eq!(res.headers()[header::ALLOW], "GET, HEAD, DELETE");
     problem(
         res,
         StatusCode::METHOD_NOT_ALLOWED,

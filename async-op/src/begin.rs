@@ -272,10 +272,19 @@ where
     })
     .catch_unwind();
     let ended_elsewhere = async {
-        match shared.store.wait(op).await {
-            Ok(Some(status)) if status.is_ended() => status,
-            // A store that cannot tell: keep running the handler.
-            _ => std::future::pending().await,
+        loop {
+            match shared.store.wait(op).await {
+                Ok(Some(status)) if status.is_ended() => return status,
+                // Gone from the store (evicted, or the store lost it): no
+                // one can cancel it any more; let the handler finish.
+                Ok(_) => std::future::pending::<()>().await,
+                // The store did not answer: ask again after a pause, so that
+                // a blip does not switch cancellation off for good.
+                Err(error) => {
+                    tracing::debug!(%error, "async-op: cannot watch for cancellation; retrying");
+                    tokio::time::sleep(STORE_RETRY_PAUSE).await;
+                }
+            }
         }
     };
     let outcome = tokio::select! {
@@ -338,8 +347,29 @@ where
     }
 }
 
+/// The pause between attempts to reach a store that did not answer.
+const STORE_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// How often recording an outcome is tried before it is given up (then the
+/// operation is reported lost by a shared store once its lease lapses).
+const FINISH_ATTEMPTS: u32 = 8;
+
+/// Records the outcome, retrying a store that does not answer: this runs in
+/// the background, and a lost result would turn a finished operation into a
+/// lost one. The pause doubles from 0.5 s (about a minute in all).
 async fn finish(shared: &Shared, op: OperationId, outcome: Outcome, retention: u32) {
-    if let Err(error) = shared.store.finish(op, outcome, retention).await {
-        tracing::error!(%error, "async-op: cannot record the outcome");
+    let mut pause = STORE_RETRY_PAUSE;
+    for attempt in 1..=FINISH_ATTEMPTS {
+        match shared.store.finish(op, outcome.clone(), retention).await {
+            Ok(()) => return,
+            Err(error) if attempt < FINISH_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "async-op: cannot record the outcome; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(error) => {
+                tracing::error!(%error, "async-op: cannot record the outcome; giving up");
+            }
+        }
     }
 }

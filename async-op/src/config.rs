@@ -3,8 +3,11 @@
 //!
 //! | variable | builder method | default | meaning |
 //! |---|---|---|---|
-//! | `ASYNC_OP_SECRET` | [`secret`](AsyncOpsBuilder::secret) | none: required | HS256 signing secret, at least 32 bytes |
+//! | `ASYNC_OP_SECRET` | [`secret`](AsyncOpsBuilder::secret) | none: this or `ASYNC_OP_SIGNING_KEY_FILE` is required | HS256 signing secret, at least 32 bytes |
 //! | `ASYNC_OP_PREVIOUS_SECRETS` | [`previous_secret`](AsyncOpsBuilder::previous_secret) | none | comma-separated older secrets, still accepted for verification |
+//! | `ASYNC_OP_SIGNING_KEY_FILE` | [`signing_key`](AsyncOpsBuilder::signing_key) | none | instead of `ASYNC_OP_SECRET` (not both): a PKCS#8 PEM private key file, P-256 (ES256) or Ed25519 (EdDSA) |
+//! | `ASYNC_OP_SIGNING_ALG` | [`SigningKey::es256_pem`], [`SigningKey::ed25519_pem`] | detected from the key | `ES256` or `EdDSA`: the algorithm the key file must have |
+//! | `ASYNC_OP_VERIFICATION_KEY_FILES` | [`verification_key`](AsyncOpsBuilder::verification_key) | none | comma-separated SPKI PEM public key files (P-256 or Ed25519) of older keys, still accepted for verification |
 //! | `ASYNC_OP_RETRY_AFTER` | [`retry_after`](AsyncOpsBuilder::retry_after) | `2` | seconds a client waits between polls |
 //! | `ASYNC_OP_TTL` | [`retention`](AsyncOpsBuilder::retention) | `1h` | how long results (and states) are kept |
 //! | `ASYNC_OP_POLL_PATH` | [`poll_path`](AsyncOpsBuilder::poll_path) | `/async-response` | the one poll path of the app |
@@ -12,6 +15,7 @@
 //! | `ASYNC_OP_LONG_POLL` | [`long_poll`](AsyncOpsBuilder::long_poll) | `20` | seconds a poll of a running operation is held (0: off; at most 30) |
 //! | `ASYNC_OP_EARLY_POLL` | [`early_poll`](AsyncOpsBuilder::early_poll) | `reject` | `reject` (503 + `Retry-After`) or `hold` (held until `nbf`) |
 //! | `ASYNC_OP_MAX_WAIT` | [`max_wait`](AsyncOpsBuilder::max_wait) | `30` | the cap on `Prefer: wait=N` at begin, in seconds (at most 30) |
+//! | `ASYNC_OP_REDIS_URL` | `store_from_env` (async; feature `redis`) | none: in-memory store | the Redis that all instances share (`redis://[:password@]host[:port][/db]`); read only by `store_from_env().await`, not by `from_env` or `with_env` |
 //! | `ASYNC_OP_MAX_PENDING` | [`max_pending`](AsyncOpsBuilder::max_pending) | `10000` | operations running on this instance at most; more begins get 503 |
 //! | `ASYNC_OP_MAX_RESULT_BYTES` | [`max_result_bytes`](AsyncOpsBuilder::max_result_bytes) | `16777216` | the largest response body kept; a larger one fails the operation |
 //! | `ASYNC_OP_CALLBACK_ALLOW` | [`callback_allow_hosts`](AsyncOpsBuilder::callback_allow_hosts) | none: callbacks off | comma-separated callback hosts (`client.example`, `*.hooks.example`) |
@@ -36,7 +40,7 @@ use crate::{
     error::{ConfigError, ProtocolError},
     hold::Lifecycle,
     poll::Cancellation,
-    state::StateCodec,
+    state::{KeyAlgorithm, SigningKey, StateCodec, VerificationKey},
     store::OperationId,
     store::{MemoryStore, OperationStore},
 };
@@ -222,6 +226,8 @@ impl AsyncOps {
 pub struct AsyncOpsBuilder {
     secret: Option<Vec<u8>>,
     previous_secrets: Vec<Vec<u8>>,
+    signing_key: Option<SigningKey>,
+    verification_keys: Vec<VerificationKey>,
     retry_after: u32,
     retention: u32,
     poll_path: String,
@@ -243,6 +249,8 @@ impl Default for AsyncOpsBuilder {
         Self {
             secret: None,
             previous_secrets: Vec::new(),
+            signing_key: None,
+            verification_keys: Vec::new(),
             retry_after: DEFAULT_RETRY_AFTER,
             retention: DEFAULT_RETENTION,
             poll_path: DEFAULT_POLL_PATH.to_owned(),
@@ -266,6 +274,8 @@ impl std::fmt::Debug for AsyncOpsBuilder {
         f.debug_struct("AsyncOpsBuilder")
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("previous_secrets", &self.previous_secrets.len())
+            .field("signing_key", &self.signing_key)
+            .field("verification_keys", &self.verification_keys)
             .field("retry_after", &self.retry_after)
             .field("retention", &self.retention)
             .field("poll_path", &self.poll_path)
@@ -293,6 +303,71 @@ fn env_var(name: &'static str) -> Result<Option<String>, ConfigError> {
             reason: "not UTF-8".into(),
         }),
     }
+}
+
+/// The longest key file read: a PEM key is a few hundred bytes.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+fn key_file_error(name: &'static str, path: &str, error: ConfigError) -> ConfigError {
+    ConfigError::InvalidEnv {
+        name,
+        value: path.to_owned(),
+        reason: match error {
+            ConfigError::InvalidKey(reason) => reason,
+            other => other.to_string(),
+        },
+    }
+}
+
+fn read_key_file(name: &'static str, path: &str) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let mut pem = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_KEY_FILE + 1).read_to_string(&mut pem))
+        .map_err(|error| {
+            let reason = format!("cannot read it: {error}");
+            key_file_error(name, path, ConfigError::InvalidKey(reason))
+        })?;
+    if pem.len() as u64 > MAX_KEY_FILE {
+        let reason = format!("larger than {MAX_KEY_FILE} bytes: not a PEM key");
+        return Err(key_file_error(name, path, ConfigError::InvalidKey(reason)));
+    }
+    Ok(pem)
+}
+
+/// The signing key in the PEM file `path` (`ASYNC_OP_SIGNING_KEY_FILE`), of
+/// the algorithm `ASYNC_OP_SIGNING_ALG` names, or whichever it is.
+fn signing_key_file(path: &str, algorithm: Option<String>) -> Result<SigningKey, ConfigError> {
+    const NAME: &str = "ASYNC_OP_SIGNING_KEY_FILE";
+    let algorithm = match algorithm {
+        None => None,
+        Some(value) => match value.parse() {
+            Ok(algorithm @ (KeyAlgorithm::Es256 | KeyAlgorithm::EdDsa)) => Some(algorithm),
+            _ => {
+                return Err(ConfigError::InvalidEnv {
+                    name: "ASYNC_OP_SIGNING_ALG",
+                    value,
+                    reason: "expected `ES256` or `EdDSA` (an HS256 secret goes in ASYNC_OP_SECRET)"
+                        .into(),
+                });
+            }
+        },
+    };
+    let pem = read_key_file(NAME, path)?;
+    match algorithm {
+        Some(KeyAlgorithm::Es256) => SigningKey::es256_pem(&pem),
+        Some(KeyAlgorithm::EdDsa) => SigningKey::ed25519_pem(&pem),
+        _ => SigningKey::from_pem(&pem),
+    }
+    .map_err(|error| key_file_error(NAME, path, error))
+}
+
+/// The verification key in the PEM file `path` (one of
+/// `ASYNC_OP_VERIFICATION_KEY_FILES`).
+fn verification_key_file(path: &str) -> Result<VerificationKey, ConfigError> {
+    const NAME: &str = "ASYNC_OP_VERIFICATION_KEY_FILES";
+    let pem = read_key_file(NAME, path)?;
+    VerificationKey::from_public_pem(&pem).map_err(|error| key_file_error(NAME, path, error))
 }
 
 /// Parses `90`, `90s`, `15m`, `1h` or `7d` into seconds.
@@ -365,8 +440,28 @@ impl AsyncOpsBuilder {
     /// ```
     pub fn with_env(self) -> Result<Self, ConfigError> {
         let mut builder = self;
+        let key_file = env_var("ASYNC_OP_SIGNING_KEY_FILE")?;
+        let algorithm = env_var("ASYNC_OP_SIGNING_ALG")?;
         if let Some(secret) = env_var("ASYNC_OP_SECRET")? {
-            builder.secret = Some(secret.into_bytes());
+            if key_file.is_some() {
+                return Err(ConfigError::ConflictingSigningKeys);
+            }
+            builder = builder.secret(secret);
+        }
+        if let Some(path) = key_file {
+            builder = builder.signing_key(signing_key_file(&path, algorithm)?);
+        } else if let Some(value) = algorithm {
+            return Err(ConfigError::InvalidEnv {
+                name: "ASYNC_OP_SIGNING_ALG",
+                value,
+                reason: "it is the algorithm of ASYNC_OP_SIGNING_KEY_FILE, which is not set".into(),
+            });
+        }
+        if let Some(paths) = env_var("ASYNC_OP_VERIFICATION_KEY_FILES")? {
+            builder.verification_keys = split_list(&paths)
+                .iter()
+                .map(|path| verification_key_file(path))
+                .collect::<Result<_, _>>()?;
         }
         if let Some(previous) = env_var("ASYNC_OP_PREVIOUS_SECRETS")? {
             builder.previous_secrets = previous
@@ -434,19 +529,45 @@ impl AsyncOpsBuilder {
     }
 
     /// The HS256 signing secret: at least 32 bytes, shared by all instances.
+    /// A shorthand for [`signing_key`](Self::signing_key) with
+    /// [`SigningKey::hs256`], checked by [`build`](Self::build). There is one
+    /// signing key: this replaces a signing key set before.
     pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
         self.secret = Some(secret.as_ref().to_vec());
+        self.signing_key = None;
         self
     }
 
-    /// Whether a secret has been set (by the environment or [`secret`](Self::secret)).
+    /// Whether a signing key has been set, a secret or a key (by the
+    /// environment, [`secret`](Self::secret) or
+    /// [`signing_key`](Self::signing_key)).
     pub fn has_secret(&self) -> bool {
-        self.secret.is_some()
+        self.secret.is_some() || self.signing_key.is_some()
     }
 
-    /// An older secret whose states are still accepted (key rotation).
+    /// An older secret whose states are still accepted (key rotation). A
+    /// shorthand for [`verification_key`](Self::verification_key) with
+    /// [`VerificationKey::hs256`], checked by [`build`](Self::build).
     pub fn previous_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
         self.previous_secrets.push(secret.as_ref().to_vec());
+        self
+    }
+
+    /// The key new states are signed with: HS256, ES256 or EdDSA (see
+    /// [`SigningKey`]). There is one signing key: this replaces a
+    /// [`secret`](Self::secret) set before.
+    pub fn signing_key(mut self, key: SigningKey) -> Self {
+        self.signing_key = Some(key);
+        self.secret = None;
+        self
+    }
+
+    /// A key whose states are still accepted besides the signing key's: the
+    /// previous signing key, during a rotation (see [rotating
+    /// keys](crate::state#rotating-keys)). Each state is checked with the key
+    /// its `kid` names and that key's algorithm only.
+    pub fn verification_key(mut self, key: VerificationKey) -> Self {
+        self.verification_keys.push(key);
         self
     }
 
@@ -601,9 +722,54 @@ impl AsyncOpsBuilder {
         self
     }
 
+    /// This builder with the Redis store named by `ASYNC_OP_REDIS_URL`
+    /// (crate feature `redis`), connected now; the builder as it is when the
+    /// variable is not set. Separate from [`with_env`](Self::with_env)
+    /// because connecting is asynchronous:
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), async_op::ConfigError> {
+    /// let ops = async_op::AsyncOps::builder()
+    ///     .with_env()?
+    ///     .store_from_env()
+    ///     .await?
+    ///     .build()?;
+    /// # drop(ops);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Fails with [`ConfigError::InvalidEnv`] (the URL's password hidden) if
+    /// the URL does not parse or Redis cannot be reached, and, in a build
+    /// without the `redis` feature, if the variable is set at all: an app
+    /// meant to share its operations must not quietly keep them to itself.
+    pub async fn store_from_env(self) -> Result<Self, ConfigError> {
+        let Some(url) = env_var("ASYNC_OP_REDIS_URL")? else {
+            return Ok(self);
+        };
+        #[cfg(feature = "redis")]
+        let connected = crate::store::RedisStore::connect(&url)
+            .await
+            .map(|store| self.store(store))
+            .map_err(|error| error.to_string());
+        #[cfg(not(feature = "redis"))]
+        let connected: Result<Self, String> =
+            Err("async-op was built without its `redis` feature".to_owned());
+        connected.map_err(|reason| ConfigError::InvalidEnv {
+            name: "ASYNC_OP_REDIS_URL",
+            value: crate::store::redact_url(&url),
+            reason,
+        })
+    }
+
     /// Checks the settings and builds the middleware.
     pub fn build(self) -> Result<AsyncOps, ConfigError> {
-        let secret = self.secret.ok_or(ConfigError::MissingSecret)?;
+        let signing = match (self.secret, self.signing_key) {
+            (Some(secret), None) => SigningKey::hs256(secret)?,
+            (None, Some(key)) => key,
+            (None, None) => return Err(ConfigError::MissingSecret),
+            (Some(_), Some(_)) => return Err(ConfigError::ConflictingSigningKeys),
+        };
         let visible = |c: char| c.is_ascii_graphic() && c != '?' && c != '#';
         if !self.poll_path.starts_with('/') || !self.poll_path.chars().all(visible) {
             return Err(ConfigError::InvalidSetting {
@@ -650,7 +816,16 @@ impl AsyncOpsBuilder {
         if let Some(secret) = &self.callback_secret {
             callbacks.signing_key = Some(parse_signing_secret(secret)?);
         }
-        let codec = StateCodec::hs256(&secret, &self.previous_secrets, &self.audience)?;
+        let previous = self
+            .previous_secrets
+            .iter()
+            .map(VerificationKey::hs256)
+            .collect::<Result<Vec<_>, _>>()?;
+        let codec = StateCodec::new(
+            signing,
+            previous.into_iter().chain(self.verification_keys),
+            &self.audience,
+        )?;
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn OperationStore>);
@@ -700,6 +875,24 @@ mod tests {
             AsyncOps::builder().secret("too short").build(),
             Err(ConfigError::SecretTooShort { len: 9 })
         ));
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn one_signing_key_the_last_one_set() {
+        let pem = include_str!("../../tests/keys/ed25519-a.test-private.pem");
+        let key = SigningKey::ed25519_pem(pem).unwrap();
+        assert!(AsyncOps::builder().signing_key(key.clone()).has_secret());
+        let builder = AsyncOps::builder().secret([7u8; 32]).signing_key(key);
+        let ops = builder.clone().build().unwrap();
+        assert_eq!(ops.codec().algorithm(), KeyAlgorithm::EdDsa);
+        let ops = builder
+            .secret([7u8; 32])
+            .previous_secret([8u8; 32])
+            .build()
+            .unwrap();
+        assert_eq!(ops.codec().algorithm(), KeyAlgorithm::Hs256);
+        assert_eq!(ops.codec().verification_key_ids().len(), 2);
     }
 
     #[test]

@@ -299,11 +299,27 @@ impl ResponseError for ProtocolError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// No signing secret was configured.
+    /// No signing key was configured: neither a secret nor a key.
     #[error(
-        "no signing secret: set ASYNC_OP_SECRET (at least 32 bytes) or call AsyncOpsBuilder::secret"
+        "no signing key: set ASYNC_OP_SECRET (at least 32 bytes) or ASYNC_OP_SIGNING_KEY_FILE, \
+         or call AsyncOpsBuilder::secret or AsyncOpsBuilder::signing_key"
     )]
     MissingSecret,
+
+    /// Both a signing secret and a signing key file are configured: there is
+    /// exactly one signing key.
+    #[error(
+        "both ASYNC_OP_SECRET and ASYNC_OP_SIGNING_KEY_FILE are set, but there is exactly one \
+         signing key: keep one (an old secret goes to ASYNC_OP_PREVIOUS_SECRETS, an old key file \
+         to ASYNC_OP_VERIFICATION_KEY_FILES, so that its states in flight still verify)"
+    )]
+    ConflictingSigningKeys,
+
+    /// A signing or verification key cannot be used: a PEM that is not a key
+    /// of the expected kind, a bad `kid`, or two different keys under one
+    /// `kid`.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
 
     /// The signing secret is shorter than 32 bytes.
     #[error("the signing secret is {len} bytes long; at least 32 bytes are required for HS256")]

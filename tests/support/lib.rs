@@ -5,6 +5,8 @@
 #![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 pub mod receiver;
+pub mod redis;
+pub mod store_suite;
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 

@@ -6,6 +6,9 @@
 //! this trait, so that one instance ([`MemoryStore`], the default) and many
 //! instances sharing one store behave the same to clients.
 //!
+//! With the crate feature `redis`, `RedisStore` keeps them in Redis, shared
+//! by every instance of an app (the module `redis` says what is kept where).
+//!
 //! Store methods return a [`StoreFuture`], which is either a value that is
 //! ready at once (no allocation: what the in-memory store returns on the hot
 //! poll path) or a boxed future (for stores that do I/O).
@@ -379,4 +382,16 @@ pub trait OperationStore: Send + Sync + 'static {
     /// with the same key, on any instances, exactly one gets
     /// [`ClaimOutcome::Claimed`].
     fn claim_idempotency_key(&self, claim: &IdempotencyClaim) -> StoreFuture<'_, ClaimOutcome>;
+}
+
+/// Replaces the password (and user) of a Redis URL with `***`, for messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
