@@ -8,7 +8,9 @@
 //!
 //! Listens on `ASYNC_OP_BIND` (default `127.0.0.1:8080`) and reads the
 //! middleware's `ASYNC_OP_*` variables. Without `ASYNC_OP_SECRET` it makes a
-//! random secret for this run, and says so. Its one default of its own is
+//! random secret for this run, and says so. With `ASYNC_OP_REDIS_URL` it
+//! keeps operations in that Redis, so that several instances (sharing the
+//! secret) serve the same operations. Its one default of its own is
 //! the early-poll policy `hold` (`ASYNC_OP_EARLY_POLL=reject` restores the
 //! library's default), so that browsers and `curl -L`, which follow a 303 at
 //! once, work too. Open <http://127.0.0.1:8080/> for a page that uses it;
@@ -20,8 +22,14 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tracing_subscriber::EnvFilter;
 
 /// The middleware from the environment, with a random secret if none is set.
-fn configuration() -> Result<AsyncOps, async_op::ConfigError> {
-    let mut builder = AsyncOps::builder().early_poll(EarlyPoll::Hold).with_env()?;
+/// With `ASYNC_OP_REDIS_URL` set, operations live in that Redis, shared
+/// with every other instance that has the same secret.
+async fn configuration() -> Result<AsyncOps, async_op::ConfigError> {
+    let mut builder = AsyncOps::builder()
+        .early_poll(EarlyPoll::Hold)
+        .with_env()?
+        .store_from_env()
+        .await?;
     if !builder.has_secret() {
         let secret: [u8; 32] = rand::random();
         builder = builder.secret(URL_SAFE_NO_PAD.encode(secret));
@@ -50,7 +58,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {
-    let ops = configuration()?;
+    let ops = configuration().await?;
     let metrics = async_op_examples::prometheus::install()?;
     let bind = std::env::var("ASYNC_OP_BIND").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let server = HttpServer::new({

@@ -384,3 +384,32 @@ async fn redis_going_away_gives_503s_and_its_return_resumes_service() {
     a.stop().await;
     b.stop().await;
 }
+
+#[actix_web::test]
+async fn the_same_idempotency_key_on_two_servers_starts_one_operation() {
+    let (a, b) = two_nodes("idempotency", Duration::from_secs(10), Duration::ZERO).await;
+    let keyed = |node: &Node, body: Value| {
+        client()
+            .post(node.url("/counted"))
+            .header("idempotency-key", "\"order-4711\"")
+            .json(&body)
+    };
+    let on_a = keyed(&a, json!({"order": 4711})).send().await.unwrap();
+    assert_eq!(on_a.status(), StatusCode::SEE_OTHER);
+    let on_b = keyed(&b, json!({"order": 4711})).send().await.unwrap();
+    assert_eq!(on_b.status(), StatusCode::SEE_OTHER);
+    let op_a = claims(&location(&on_a))["op"].clone();
+    assert_eq!(claims(&location(&on_b))["op"], op_a, "B answered with A's operation");
+
+    // The result, fetched from B, is the one operation's; the handler ran
+    // once, on A, and never on B.
+    let res = follow(&b.url(&location(&on_b)), &b.base, 10).await;
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"order": 4711}));
+    assert_eq!((a.runs.count(), b.runs.count()), (1, 0));
+
+    // The same key with another body is refused, on either server.
+    let other = keyed(&b, json!({"order": 4712})).send().await.unwrap();
+    problem(other, StatusCode::UNPROCESSABLE_ENTITY, "urn:async-op:problem:idempotency-key-reused").await;
+    a.stop().await;
+    b.stop().await;
+}
