@@ -399,7 +399,11 @@ async fn the_same_idempotency_key_on_two_servers_starts_one_operation() {
     let on_b = keyed(&b, json!({"order": 4711})).send().await.unwrap();
     assert_eq!(on_b.status(), StatusCode::SEE_OTHER);
     let op_a = claims(&location(&on_a))["op"].clone();
-    assert_eq!(claims(&location(&on_b))["op"], op_a, "B answered with A's operation");
+    assert_eq!(
+        claims(&location(&on_b))["op"],
+        op_a,
+        "B answered with A's operation"
+    );
 
     // The result, fetched from B, is the one operation's; the handler ran
     // once, on A, and never on B.
@@ -409,7 +413,12 @@ async fn the_same_idempotency_key_on_two_servers_starts_one_operation() {
 
     // The same key with another body is refused, on either server.
     let other = keyed(&b, json!({"order": 4712})).send().await.unwrap();
-    problem(other, StatusCode::UNPROCESSABLE_ENTITY, "urn:async-op:problem:idempotency-key-reused").await;
+    problem(
+        other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "urn:async-op:problem:idempotency-key-reused",
+    )
+    .await;
     a.stop().await;
     b.stop().await;
 }
