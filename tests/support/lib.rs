@@ -124,25 +124,19 @@ pub fn test_app(config: &mut web::ServiceConfig) {
         .configure(async_op_examples::reports::configure);
 }
 
-/// A real server on an ephemeral loopback port.
-pub struct TestServer {
+/// One instance of the test app on an ephemeral loopback port, with any
+/// store.
+pub struct Node {
     pub base: String,
     pub ops: AsyncOps,
-    pub store: MemoryStore,
     pub gate: Gate,
     pub runs: Runs,
     handle: ServerHandle,
 }
 
-impl TestServer {
-    /// Starts the test app with the default test configuration.
-    pub async fn start() -> Self {
-        let store = MemoryStore::new();
-        Self::start_with(ops_builder(&store), store).await
-    }
-
-    /// Starts the test app with `builder` (whose store must be `store`).
-    pub async fn start_with(builder: AsyncOpsBuilder, store: MemoryStore) -> Self {
+impl Node {
+    /// Starts the test app with `builder`.
+    pub async fn start(builder: AsyncOpsBuilder) -> Self {
         let ops = builder.build().expect("test configuration");
         let gate = Gate::default();
         let runs = Runs::default();
@@ -170,7 +164,6 @@ impl TestServer {
         Self {
             base,
             ops,
-            store,
             gate,
             runs,
             handle,
@@ -183,6 +176,40 @@ impl TestServer {
 
     pub async fn stop(self) {
         self.handle.stop(false).await;
+    }
+}
+
+/// The test app with a memory store the test can look into.
+pub struct TestServer {
+    node: Node,
+    pub store: MemoryStore,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl TestServer {
+    /// Starts the test app with the default test configuration.
+    pub async fn start() -> Self {
+        let store = MemoryStore::new();
+        Self::start_with(ops_builder(&store), store).await
+    }
+
+    /// Starts the test app with `builder` (whose store must be `store`).
+    pub async fn start_with(builder: AsyncOpsBuilder, store: MemoryStore) -> Self {
+        Self {
+            node: Node::start(builder).await,
+            store,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.node.stop().await;
     }
 }
 

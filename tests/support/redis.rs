@@ -17,13 +17,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix_web::{App, HttpServer, dev::ServerHandle, web};
 use async_op::{
     AsyncOps, AsyncOpsBuilder, OperationId,
     store::{RedisStore, redis::DEFAULT_LEASE},
 };
 
-use crate::{Gate, Runs, SECRET, test_app};
+use crate::SECRET;
 
 /// The variable that names the Redis the tests use.
 pub const TEST_REDIS_URL: &str = "ASYNC_OP_TEST_REDIS_URL";
@@ -218,56 +217,5 @@ pub fn cluster_builder(store: RedisStore) -> AsyncOpsBuilder {
         .store(store)
 }
 
-/// One instance of a cluster: the test app on an ephemeral loopback port.
-pub struct Node {
-    pub base: String,
-    pub ops: AsyncOps,
-    pub gate: Gate,
-    pub runs: Runs,
-    handle: ServerHandle,
-}
-
-impl Node {
-    /// Starts the test app with `builder`.
-    pub async fn start(builder: AsyncOpsBuilder) -> Self {
-        let ops = builder.build().expect("test configuration");
-        let gate = Gate::default();
-        let runs = Runs::default();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = HttpServer::new({
-            let ops = ops.clone();
-            let gate = gate.clone();
-            let runs = runs.clone();
-            move || {
-                App::new()
-                    .wrap(ops.clone())
-                    .app_data(web::Data::new(gate.clone()))
-                    .app_data(web::Data::new(runs.clone()))
-                    .configure(test_app)
-            }
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        Self {
-            base,
-            ops,
-            gate,
-            runs,
-            handle,
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    pub async fn stop(self) {
-        self.handle.stop(false).await;
-    }
-}
+/// One instance of a cluster.
+pub use crate::Node;
