@@ -73,7 +73,7 @@ where
     F: Future + 'static,
     F::Output: Responder + 'static,
 {
-    let Some(ops) = req.extensions().get::<AsyncOps>().cloned() else {
+    let Some(ops) = req.app_data::<AsyncOps>().cloned() else {
         tracing::error!(
             handler = settings.name,
             "async-op: the AsyncOps middleware does not wrap this app"

@@ -8,9 +8,9 @@ use std::{
 };
 
 use actix_web::{
-    Error, HttpMessage as _, ResponseError as _,
+    Error, ResponseError as _,
     body::{EitherBody, MessageBody},
-    dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready},
+    dev::{Extensions, Service, ServiceRequest, ServiceResponse, Transform, forward_ready},
 };
 use futures_util::{
     TryFutureExt as _,
@@ -36,9 +36,12 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
+        let mut data = Extensions::new();
+        data.insert(self.clone());
         ready(Ok(AsyncOpsMiddleware {
             service: Rc::new(service),
             ops: self.clone(),
+            data: Rc::new(data),
         }))
     }
 }
@@ -47,6 +50,8 @@ where
 pub struct AsyncOpsMiddleware<S> {
     service: Rc<S>,
     ops: AsyncOps,
+    /// The configuration as app data, for the begin endpoints.
+    data: Rc<Extensions>,
 }
 
 type PassThrough<B, F> = MapOk<F, fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B>>>;
@@ -64,7 +69,7 @@ where
 
     forward_ready!(service);
 
-    fn call(&self, req: ServiceRequest) -> Self::Future {
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
         if req.path() == self.ops.shared.poll_path {
             let ops = self.ops.clone();
             return Either::Left(Box::pin(async move {
@@ -73,9 +78,10 @@ where
                 Ok(ServiceResponse::new(req, res).map_into_right_body())
             }));
         }
-        // Begin endpoints find the configuration here. Other requests pay
-        // one small insert into the request's extensions.
-        req.extensions_mut().insert(self.ops.clone());
+        // Begin endpoints find the configuration as app data, the way
+        // actix-web's scopes hand theirs on: a pointer pushed onto the
+        // request's data stack, no allocation.
+        req.add_data_container(Rc::clone(&self.data));
         let left: fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> =
             ServiceResponse::map_into_left_body;
         if req.headers().contains_key(IDEMPOTENCY_KEY) {

@@ -258,25 +258,26 @@ pub(crate) fn poll_uri(
     sub: Option<&str>,
 ) -> Result<HeaderValue, ProtocolError> {
     let now = unix_now();
-    let token = shared
+    let state = State {
+        op,
+        seq,
+        iat: now,
+        nbf: now + u64::from(operation.retry_after),
+        exp: now + u64::from(operation.retention),
+        hold: operation.hold_early,
+        sub: sub.map(str::to_owned),
+    };
+    // One buffer: the poll path, `?`, and the state signed into it.
+    let mut location = String::with_capacity(shared.poll_path.len() + 320);
+    location.push_str(&shared.poll_path);
+    location.push('?');
+    shared
         .codec
-        .sign(&State {
-            op,
-            seq,
-            iat: now,
-            nbf: now + u64::from(operation.retry_after),
-            exp: now + u64::from(operation.retention),
-            hold: operation.hold_early,
-            sub: sub.map(str::to_owned),
-        })
+        .sign_into(&state, &mut location)
         .map_err(|error| {
             tracing::error!(%error, "async-op: cannot sign a state");
             ProtocolError::SigningFailed
         })?;
-    let mut location = String::with_capacity(shared.poll_path.len() + 1 + token.len());
-    location.push_str(&shared.poll_path);
-    location.push('?');
-    location.push_str(&token);
     // The poll path is checked at start-up to be visible ASCII without `?`
     // or `#`, and a compact JWS is base64url and dots: always a valid value.
     HeaderValue::from_maybe_shared(Bytes::from(location)).map_err(|_| ProtocolError::SigningFailed)

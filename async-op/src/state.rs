@@ -511,6 +511,13 @@ struct VerifyingKey {
 /// may still be signed with, by `kid`, each with its own algorithm only.
 pub struct StateCodec {
     header: Header,
+    /// `header`, serialised and base64url-encoded once: every state this
+    /// codec signs starts with it.
+    header_segment: String,
+    /// The header segment each verification key's states start with, when
+    /// this codec (or an instance sharing its keys) signed them. A state
+    /// whose header is one of these needs no header parsing.
+    known_headers: Vec<(String, String)>,
     algorithm: KeyAlgorithm,
     signing_key: EncodingKey,
     audience: String,
@@ -557,6 +564,25 @@ fn check_kid(kid: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Room for a typical state (about 250 bytes) and a poll path.
+const STATE_CAPACITY: usize = 320;
+
+/// The header of the states a key signs: `typ`, `alg` and `kid`.
+fn canonical_header(algorithm: KeyAlgorithm, kid: &str) -> Header {
+    let mut header = Header::new(algorithm.jwt());
+    header.typ = Some("JWT".into());
+    header.kid = Some(kid.to_owned());
+    header
+}
+
+/// A header as the first segment of a compact JWS, encoded the way
+/// `jsonwebtoken::encode` encodes it.
+fn encode_header(header: &Header) -> Result<String, ConfigError> {
+    let json = serde_json::to_vec(header)
+        .map_err(|error| ConfigError::InvalidKey(format!("cannot encode a header: {error}")))?;
+    Ok(URL_SAFE_NO_PAD.encode(json))
+}
+
 impl StateCodec {
     /// A codec that signs with `signing` and verifies with it and each of
     /// `verification` (previous keys, during a rotation), with the states'
@@ -594,11 +620,19 @@ impl StateCodec {
             }
         }
         let algorithm = signing.algorithm();
-        let mut header = Header::new(algorithm.jwt());
-        header.typ = Some("JWT".into());
-        header.kid = Some(signing.public.kid.clone());
+        let header = canonical_header(algorithm, &signing.public.kid);
+        let header_segment = encode_header(&header)?;
+        let known_headers = verifying
+            .iter()
+            .map(|(kid, key)| {
+                encode_header(&canonical_header(key.algorithm, kid))
+                    .map(|segment| (segment, kid.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let codec = Self {
             header,
+            header_segment,
+            known_headers,
             algorithm,
             signing_key: signing.key,
             audience: audience.to_owned(),
@@ -667,6 +701,19 @@ impl StateCodec {
 
     /// Signs a state.
     pub fn sign(&self, state: &State) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut token = String::with_capacity(STATE_CAPACITY);
+        self.sign_into(state, &mut token)?;
+        Ok(token)
+    }
+
+    /// Signs a state and appends it to `out` (the poll path builds its
+    /// `Location` this way, in one buffer). The header segment is encoded
+    /// once, at start-up; per state only the claims are serialised.
+    pub fn sign_into(
+        &self,
+        state: &State,
+        out: &mut String,
+    ) -> Result<(), jsonwebtoken::errors::Error> {
         let claims = SignedClaims {
             op: state.op,
             seq: state.seq,
@@ -677,7 +724,20 @@ impl StateCodec {
             hold: state.hold,
             sub: state.sub.as_deref(),
         };
-        jsonwebtoken::encode(&self.header, &claims, &self.signing_key)
+        let claims = serde_json::to_vec(&claims).map_err(jsonwebtoken::errors::Error::from)?;
+        let start = out.len();
+        out.reserve(self.header_segment.len() + claims.len() * 4 / 3 + 100);
+        out.push_str(&self.header_segment);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims, out);
+        let signature = jsonwebtoken::crypto::sign(
+            out[start..].as_bytes(),
+            &self.signing_key,
+            self.header.alg,
+        )?;
+        out.push('.');
+        out.push_str(&signature);
+        Ok(())
     }
 
     /// Verifies a state as found in a query string, at time `now`.
@@ -692,12 +752,24 @@ impl StateCodec {
         if token.len() > MAX_STATE_LEN {
             return Err(invalid(Reason::TooLong));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid(Reason::Malformed))?;
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.verifying.get(kid))
-            .ok_or(invalid(Reason::UnknownKey))?;
+        // The states this codec issues carry one of a few known headers:
+        // find the key by comparing bytes, and parse a header only when it
+        // is not one of them.
+        let header_segment = token.split('.').next().unwrap_or("");
+        let known_kid = self
+            .known_headers
+            .iter()
+            .find(|(segment, _)| segment == header_segment)
+            .map(|(_, kid)| kid.as_str());
+        let key = match known_kid {
+            Some(kid) => self.verifying.get(kid),
+            None => {
+                let header =
+                    jsonwebtoken::decode_header(token).map_err(|_| invalid(Reason::Malformed))?;
+                header.kid.and_then(|kid| self.verifying.get(&kid))
+            }
+        }
+        .ok_or(invalid(Reason::UnknownKey))?;
         let data =
             jsonwebtoken::decode::<State>(token, &key.key, &key.validation).map_err(|error| {
                 match error.kind() {
