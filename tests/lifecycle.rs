@@ -216,6 +216,38 @@ async fn a_bound_operation_answers_only_its_client() {
 }
 
 #[actix_web::test]
+async fn a_long_identity_binds_through_its_digest() {
+    let server = server(bound).await;
+    let alice = format!("alice-{}", "x".repeat(2000));
+    let res = client()
+        .post(server.url("/echo"))
+        .header("x-client", &alice)
+        .json(&json!("long"))
+        .send()
+        .await
+        .unwrap();
+    let poll = server.url(&location(&res));
+    let sub = claims(&poll)["sub"].as_str().unwrap().to_owned();
+    assert!(sub.starts_with("sha256:") && sub.len() < 60, "{sub}");
+    tokio::time::sleep(Duration::from_secs(retry_after(&res))).await;
+    let other = client()
+        .get(&poll)
+        .header("x-client", "alice-x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    let res = client()
+        .get(&poll)
+        .header("x-client", &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[actix_web::test]
 async fn an_anonymous_begin_stays_unbound() {
     let server = server(bound).await;
     let poll = begin(&server, "/echo", &json!(1)).await;

@@ -93,10 +93,7 @@ where
             retry_after: retry_after.into(),
         });
     };
-    let sub = shared
-        .client_identity
-        .as_ref()
-        .and_then(|identify| identify(&req));
+    let sub = shared.client_subject(&req);
     let preferences = Preferences::from_headers(req.headers());
     // A callback URI is checked before anything starts: a refused one is a
     // 400 and no operation.

@@ -142,6 +142,31 @@ impl std::fmt::Debug for AsyncOps {
     }
 }
 
+/// The longest client identity carried in a state as it is; a longer one
+/// (or one that looks like a digest) is carried as its digest, so that
+/// states stay short whatever identities an application has.
+pub const MAX_SUBJECT_LEN: usize = 128;
+
+impl Shared {
+    /// The `sub` of the states of operations begun by this request's
+    /// client: its identity, or `sha256:<base64url digest>` of a long one.
+    pub(crate) fn client_subject(&self, req: &actix_web::HttpRequest) -> Option<String> {
+        let identity = self
+            .client_identity
+            .as_ref()
+            .and_then(|identify| identify(req))?;
+        if identity.len() <= MAX_SUBJECT_LEN && !identity.starts_with("sha256:") {
+            return Some(identity);
+        }
+        use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+        use sha2::{Digest as _, Sha256};
+        Some(format!(
+            "sha256:{}",
+            URL_SAFE_NO_PAD.encode(Sha256::digest(identity.as_bytes()))
+        ))
+    }
+}
+
 impl AsyncOps {
     /// A builder with the defaults and no secret.
     pub fn builder() -> AsyncOpsBuilder {

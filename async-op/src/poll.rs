@@ -81,11 +81,7 @@ fn check_client(shared: &Shared, req: &HttpRequest, state: &State) -> Result<(),
     let Some(owner) = &state.sub else {
         return Ok(());
     };
-    let identity = shared
-        .client_identity
-        .as_ref()
-        .and_then(|identify| identify(req));
-    if identity.as_deref() == Some(owner.as_str()) {
+    if shared.client_subject(req).as_deref() == Some(owner.as_str()) {
         Ok(())
     } else {
         Err(ProtocolError::Forbidden)
