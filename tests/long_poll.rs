@@ -94,6 +94,28 @@ async fn the_hold_policy_answers_an_early_poll_instead_of_503() {
 }
 
 #[actix_web::test]
+async fn the_hold_policy_never_holds_longer_than_30_seconds() {
+    // A Retry-After longer than the hold limit: an early follow is refused
+    // at once, as under `reject`, instead of being held for 40 s.
+    let server = server(|b| {
+        b.early_poll(EarlyPoll::Hold)
+            .retry_after(Duration::from_secs(40))
+    })
+    .await;
+    let res = client()
+        .post(server.url("/gated-default-wait"))
+        .send()
+        .await
+        .unwrap();
+    let poll = server.url(&location(&res));
+    let early = client().get(&poll).send().await.unwrap();
+    assert_eq!(early.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(retry_after(&early) > 30);
+    server.gate.open();
+    server.stop().await;
+}
+
+#[actix_web::test]
 async fn the_reject_policy_is_the_default_and_answers_503() {
     let server = server(|b| b).await;
     let poll = begin(&server, "/echo", &json!(1)).await;

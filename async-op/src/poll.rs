@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tracing::Instrument as _;
 
 use crate::{
-    config::Shared,
+    config::{MAX_HOLD, Shared},
     error::ProtocolError,
     hold::Held,
     metrics,
@@ -151,7 +151,9 @@ fn until(at: u64) -> Duration {
 
 async fn poll(shared: &Shared, state: State, now: u64) -> Result<HttpResponse, ProtocolError> {
     if now < state.nbf {
-        if !state.hold {
+        // A request is never held longer than MAX_HOLD: a follow that is
+        // earlier than that is refused as under `reject`, even with `hold`.
+        if !state.hold || state.nbf - now > u64::from(MAX_HOLD) {
             return Err(ProtocolError::TooEarly {
                 retry_after: state.nbf - now,
             });

@@ -99,6 +99,13 @@ async fn sized(query: web::Query<std::collections::HashMap<String, usize>>) -> H
     HttpResponse::Ok().body(vec![b'x'; bytes])
 }
 
+/// Waits for the gate, with the middleware's own `Retry-After`.
+#[async_operation(post, "/gated-default-wait")]
+async fn gated_default_wait(gate: web::Data<Gate>) -> HttpResponse {
+    gate.wait().await;
+    HttpResponse::Ok().body("done")
+}
+
 /// Panics.
 #[async_operation(post, "/panics", retry_after = 1)]
 async fn panics() -> HttpResponse {
@@ -116,6 +123,7 @@ pub fn test_app(config: &mut web::ServiceConfig) {
     config
         .service(gated)
         .service(gated_short_hold)
+        .service(gated_default_wait)
         .service(echo_hold)
         .service(sized)
         .service(counted)
