@@ -731,7 +731,7 @@ impl StateCodec {
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(&claims, out);
         let signature = jsonwebtoken::crypto::sign(
-            out[start..].as_bytes(),
+            &out.as_bytes()[start..],
             &self.signing_key,
             self.header.alg,
         )?;
