@@ -331,19 +331,7 @@ async fn callbacks_reach_nothing_until_the_app_allows_it() {
 #[actix_web::test]
 async fn a_python_http_server_receives_the_notification_and_fetches_with_requests() {
     let server = server(|b| b).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/callback_receiver.py");
-    let output = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(&server.base)
-        .output()
-        .await
-        .expect("python3 with `requests` installed (pip install requests)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python failed:\n{stdout}\n{stderr}"
-    );
+    let (stdout, _) = async_op_tests::run_python("callback_receiver.py", &[&server.base]).await;
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some("202"), "{stdout}");
     assert_eq!(lines.next(), Some("200"), "{stdout}");

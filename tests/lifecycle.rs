@@ -71,22 +71,8 @@ async fn cancelling_a_finished_operation_is_a_conflict_and_keeps_the_result() {
 #[actix_web::test]
 async fn cancelling_an_unknown_operation_is_404_and_a_bad_state_400() {
     let server = server(|b| b).await;
-    let now = async_op_tests::unix_now();
-    let state = server
-        .ops
-        .codec()
-        .sign(&async_op::state::State {
-            op: OperationId::random(),
-            seq: 1,
-            nbf: now,
-            iat: now,
-            exp: now + 60,
-            hold: false,
-            sub: None,
-        })
-        .unwrap();
     let res = client()
-        .delete(server.url(&format!("/async-response?{state}")))
+        .delete(server.unknown_operation_url())
         .send()
         .await
         .unwrap();

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use async_op::{OperationId, state::State};
 use async_op_tests::{TestServer, begin, claims, client, follow, location, problem, retry_after};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
@@ -168,25 +167,8 @@ async fn a_panicking_handler_fails_its_operation_only() {
 #[actix_web::test]
 async fn an_unknown_operation_is_404() {
     let server = TestServer::start().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let state = server
-        .ops
-        .codec()
-        .sign(&State {
-            op: OperationId::random(),
-            seq: 1,
-            nbf: now,
-            iat: now,
-            exp: now + 60,
-            hold: false,
-            sub: None,
-        })
-        .unwrap();
     let res = client()
-        .get(server.url(&format!("/async-response?{state}")))
+        .get(server.unknown_operation_url())
         .send()
         .await
         .unwrap();

@@ -9,20 +9,8 @@ use serde_json::{Value, json};
 #[actix_web::test]
 async fn python_requests_with_urllib3_retry_gets_the_result() {
     let server = TestServer::start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/poll_with_requests.py");
-    let output = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(&server.base)
-        .arg("1.5")
-        .output()
-        .await
-        .expect("python3 with `requests` installed (pip install requests)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python failed:\n{stdout}\n{stderr}"
-    );
+    let (stdout, stderr) =
+        async_op_tests::run_python("poll_with_requests.py", &[&server.base, "1.5"]).await;
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some("200"), "{stdout}");
     let report: Value = serde_json::from_str(lines.next().unwrap()).unwrap();

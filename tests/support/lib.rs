@@ -182,9 +182,47 @@ impl Node {
         format!("{}{}", self.base, path)
     }
 
+    /// A poll URL with a valid state for an operation that never existed.
+    pub fn unknown_operation_url(&self) -> String {
+        let now = unix_now();
+        let state = self
+            .ops
+            .codec()
+            .sign(&async_op::state::State {
+                op: async_op::OperationId::random(),
+                seq: 1,
+                nbf: now,
+                iat: now,
+                exp: now + 60,
+                hold: false,
+                sub: None,
+            })
+            .unwrap();
+        self.url(&format!("/async-response?{state}"))
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
+}
+
+/// Runs one of the Python scripts in `tests/python/` with `args`; fails the
+/// test (with its output) unless it exits 0. Returns stdout and stderr.
+pub async fn run_python(script: &str, args: &[&str]) -> (String, String) {
+    let path = format!("{}/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .expect("python3 with `requests` installed (pip install requests)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
 }
 
 /// The test app with a memory store the test can look into.
